@@ -1,0 +1,88 @@
+"""The collector contract: on-device running state, one batched read per check.
+
+A check works in three phases, the same for every collector:
+
+1. ``state()``: raw device tensors, each with its cross-rank reduction (``"sum"`` or ``"mean"``).
+   Everything a collector keeps is additive, so one all-reduce serves all collectors.
+2. ``summarize(state)``: device-side arithmetic on the (reduced) state, giving for each family a
+   list of layer names and a 1-d tensor of values. The monitor concatenates every collector's
+   vectors and copies them to the host once.
+3. ``finish(values, snapshot)``: host side; files the values into the snapshot and resets interval state.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from torchhealth.snapshot import Snapshot
+
+Key = Tuple[str, str]
+State = Dict[str, Tuple[torch.Tensor, str]]
+Summary = List[Tuple[str, List[str], torch.Tensor]]
+NONFINITE = "_first_nonfinite"
+"""Private family: offset of the first non-finite step in the interval (or -1); see StepFlags."""
+
+
+class Collector:
+    """Base class of one statistic family's collector."""
+
+    def state(self) -> State:
+        """Returns ``{name: (device tensor, "sum" | "mean")}``: additive raw state to reduce across ranks."""
+        return {}
+
+    def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
+        """Turns reduced raw state into ``[(family, layer names, 1-d device tensor of values)]``."""
+        return []
+
+    def finish(self, values: dict[Key, float], snapshot: Snapshot, interval_start: int) -> None:
+        """Files host values into ``snapshot`` and resets per-interval state.
+
+        Args:
+            values: This collector's summarized values, on the host.
+            snapshot: The snapshot being built.
+            interval_start: First step of the interval this check covers.
+        """
+        for (family, layer), value in values.items():
+            if family == NONFINITE:
+                if value >= 0:
+                    snapshot.nonfinite[layer] = interval_start + int(value)
+            else:
+                snapshot.stats.setdefault(family, {})[layer] = value
+        self.reset_interval()
+
+    def reset_interval(self) -> None:
+        """Clears state that covers one check interval."""
+
+    def close(self) -> None:
+        """Removes hooks and frees state."""
+
+
+class StepFlags:
+    """Per-step non-finite flags over one check interval, kept on the device.
+
+    Flags are a vector indexed by the step's offset in the interval, so the earliest bad step
+    survives a cross-rank *sum* (no second collective for a min).
+    """
+
+    def __init__(self, length: int, device: torch.device) -> None:
+        self.flags = torch.zeros(length, device=device)
+
+    def mark(self, offset: int, bad: torch.Tensor) -> None:
+        """Adds ``bad`` (a 0-d tensor, >0 when non-finite) at ``offset`` without a host sync."""
+        if 0 <= offset < self.flags.numel():
+            self.flags[offset].add_(bad.to(self.flags.dtype))
+
+    @staticmethod
+    def first(flags: torch.Tensor) -> torch.Tensor:
+        """Offset of the first non-zero flag along the last axis, or -1 where there is none."""
+        n = flags.shape[-1]
+        offsets = torch.arange(n, device=flags.device, dtype=torch.float32)
+        hit = flags > 0
+        first = torch.where(hit, offsets, torch.full_like(offsets, float(n))).amin(dim=-1)
+        return torch.where(hit.any(dim=-1), first, torch.full_like(first, -1.0))
+
+    def reset(self) -> None:
+        """Clears all flags."""
+        self.flags.zero_()

@@ -1,0 +1,68 @@
+"""Weight norms and measured update-to-weight ratios ||W_after - W_before|| / ||W_before||."""
+
+from __future__ import annotations
+
+import torch
+
+from torchhealth.collectors.base import Collector, State, Summary
+from torchhealth.collectors.gradients import LayerSum, ParamEntry, combined, local_tensor, sharded_state
+
+
+class WeightCollector(Collector):
+    """Per-layer weight norms on check steps, and the update ratio of the optimizer step before.
+
+    The update is measured, not estimated from ``lr * grad``, so it is right for Adam and friends:
+    ``remember_weights()`` copies the weights on the step before a check (before the optimizer
+    steps); the check compares them with the weights it finds.
+    """
+
+    def __init__(self, params: list[ParamEntry], device: torch.device) -> None:
+        self.params = params
+        self.device = device
+        self.layer_sum = LayerSum(params)
+        self._before: list[torch.Tensor] | None = None
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [p.detach() for _, _, p in self.params]
+
+    def remember_weights(self) -> None:
+        """Copies the current weights (rank-local shards) for the next update-ratio measurement."""
+        if self.params:
+            self._before = [local_tensor(w)[0].clone() for w in self._weights()]
+
+    def state(self) -> State:
+        if not self.params:
+            return {}
+        weights = self._weights()
+        state = sharded_state("w", weights, self.device)
+        if self._before is not None:
+            local = [local_tensor(w)[0] for w in weights]
+            if [t.shape for t in local] == [t.shape for t in self._before]:
+                diff = torch._foreach_sub(local, self._before)
+                state.update(sharded_state("dw", [_like(d, w) for d, w in zip(diff, weights)], self.device))
+                state.update(sharded_state("w0", [_like(b, w) for b, w in zip(self._before, weights)], self.device))
+            self._before = None
+        return state
+
+    def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
+        if not state:
+            return []
+        layers = self.layer_sum.layers
+        out: Summary = [("weight_norm", layers, self.layer_sum(combined(state, "w")).sqrt())]
+        if "dw" in state:
+            update = self.layer_sum(combined(state, "dw")).sqrt()
+            before = self.layer_sum(combined(state, "w0")).sqrt()
+            out.append(("update_ratio", layers, update / before.clamp_min(torch.finfo(torch.float32).tiny)))
+        return out
+
+    def close(self) -> None:
+        self._before = None
+
+
+def _like(local: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Re-wraps a rank-local tensor as a DTensor when ``original`` was one, keeping its sharding."""
+    if hasattr(original, "placements") and hasattr(original, "device_mesh"):
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(local, original.device_mesh, original.placements, run_check=False)
+    return local

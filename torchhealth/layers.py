@@ -1,0 +1,58 @@
+"""How the monitor names and classifies the layers of a model."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+RELU_MODULES = (nn.ReLU, nn.ReLU6)
+SATURATING_MODULES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
+WRAPPER_CLASS_NAMES = ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
+ROOT_NAME = "model"
+"""Layer name used for parameters and functional calls that belong to the root module itself."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strips DDP/DataParallel/FSDP wrappers so layer names carry no ``module.`` prefix."""
+    while type(model).__name__ in WRAPPER_CLASS_NAMES and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
+def clean_name(name: str) -> str:
+    """Removes wrapper artefacts (``_orig_mod.`` from torch.compile, FSDP's flat-param prefix)."""
+    for junk in ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(junk, "")
+    return name or ROOT_NAME
+
+
+def activation_kind(module: nn.Module) -> str | None:
+    """Returns ``"relu"``, ``"sigmoid"``, ``"tanh"`` for watched activation modules, else None."""
+    if isinstance(module, RELU_MODULES):
+        return "relu"
+    for cls, kind in SATURATING_MODULES.items():
+        if isinstance(module, cls):
+            return kind
+    return None
+
+
+def parameter_layers(model: nn.Module) -> Iterator[tuple[str, str, nn.Parameter]]:
+    """Yields ``(parameter name, owning layer name, parameter)`` for every trainable parameter."""
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            layer = name.rsplit(".", 1)[0] if "." in name else ROOT_NAME
+            yield clean_name(name), clean_name(layer), param
+
+
+def unit_axis(shape: torch.Size, channels_first: bool) -> int | None:
+    """The axis that indexes units: channels (dim 1) for conv outputs, else the last axis.
+
+    Returns None for outputs with no batch/unit structure (0-d or 1-d).
+    """
+    if len(shape) < 2:
+        return None
+    if len(shape) >= 4 or (len(shape) == 3 and channels_first):
+        return 1
+    return len(shape) - 1

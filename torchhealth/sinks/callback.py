@@ -1,0 +1,34 @@
+"""Alerts to user code: a callable, or Python's warnings machinery."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+from torchhealth.detectors.alert import Alert
+from torchhealth.errors import TrainingHealthWarning
+from torchhealth.sinks.base import Sink
+
+
+class CallbackSink(Sink):
+    """Calls ``fn(alert)`` for each alert."""
+
+    name = "callback"
+
+    def __init__(self, fn: Callable[[Alert], Any]) -> None:
+        self.fn = fn
+        self.name = f"callback {getattr(fn, '__qualname__', repr(fn))}"
+
+    def write_alerts(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.fn(alert)
+
+
+class WarningSink(Sink):
+    """Issues a ``TrainingHealthWarning`` for each alert."""
+
+    name = "warn"
+
+    def write_alerts(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            warnings.warn(str(alert), TrainingHealthWarning, stacklevel=4)

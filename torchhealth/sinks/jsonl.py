@@ -1,0 +1,41 @@
+"""``alerts.jsonl``: one JSON object per alert, appended and flushed as it is raised."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from torchhealth.detectors.alert import Alert
+from torchhealth.sinks.base import Sink
+
+ALERTS_FILE = "alerts.jsonl"
+
+
+class JsonlAlertSink(Sink):
+    """Appends alerts to ``<log_dir>/alerts.jsonl``; critical alerts are fsync'ed at once."""
+
+    name = "jsonl"
+
+    def __init__(self, log_dir: str) -> None:
+        self.path = os.path.join(log_dir, ALERTS_FILE)
+        self._file = None
+
+    def write_alerts(self, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")
+        for alert in alerts:
+            self._file.write(json.dumps(alert.to_dict(), allow_nan=False) + "\n")
+        self._file.flush()
+        if any(a.severity == "critical" for a in alerts):
+            os.fsync(self._file.fileno())
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

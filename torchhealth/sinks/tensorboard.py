@@ -1,0 +1,79 @@
+"""TensorBoard: hierarchical health scalars, a Custom Scalars dashboard, and alerts as text."""
+
+from __future__ import annotations
+
+from torchhealth.detectors.alert import Alert
+from torchhealth.sinks.base import Sink
+from torchhealth.snapshot import Snapshot
+
+TAG_PREFIX = "health"
+ALERTS_TAG = f"{TAG_PREFIX}/alerts"
+DASHBOARD = {
+    "Gradients": {
+        "gradient norm per layer": ["Multiline", [rf"{TAG_PREFIX}/grad_norm/.*"]],
+        "update / weight ratio per layer": ["Multiline", [rf"{TAG_PREFIX}/update_ratio/.*"]],
+        "weight norm per layer": ["Multiline", [rf"{TAG_PREFIX}/weight_norm/.*"]],
+    },
+    "Activations": {
+        "ReLU zero fraction": ["Multiline", [rf"{TAG_PREFIX}/zero_fraction/.*"]],
+        "dead units (fraction of the layer's units)": ["Multiline", [rf"{TAG_PREFIX}/dead_units/.*"]],
+        "sigmoid/tanh saturation": ["Multiline", [rf"{TAG_PREFIX}/saturation/.*"]],
+    },
+    "Loss": {
+        "loss": ["Multiline", [rf"{TAG_PREFIX}/loss$", rf"{TAG_PREFIX}/val_loss$"]],
+    },
+}
+"""Custom Scalars layout: category -> chart title -> [chart type, tag regexes]."""
+
+
+def scalar_tag(family: str, layer: str) -> str:
+    """The TensorBoard tag of one statistic of one layer, e.g. ``health/grad_norm/fc1``."""
+    return f"{TAG_PREFIX}/{family}/{layer}"
+
+
+class TensorBoardSink(Sink):
+    """Writes with TensorBoard's own writer (``add_scalar`` only, never ``add_scalars``).
+
+    The writer is created on the first write, so a run that logs nothing leaves no empty files.
+    """
+
+    name = "tensorboard"
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self._writer = None
+
+    @property
+    def writer(self):
+        """The SummaryWriter, created (and the dashboard layout written) on first use."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self.log_dir)
+            self._writer.add_custom_scalars(DASHBOARD)
+        return self._writer
+
+    def write_snapshot(self, snapshot: Snapshot) -> None:
+        writer = self.writer
+        for family, values in snapshot.stats.items():
+            for layer, value in values.items():
+                writer.add_scalar(scalar_tag(family, layer), value, snapshot.step)
+        if snapshot.loss is not None:
+            writer.add_scalar(f"{TAG_PREFIX}/loss", snapshot.loss, snapshot.step)
+        if snapshot.val_loss is not None:
+            writer.add_scalar(f"{TAG_PREFIX}/val_loss", snapshot.val_loss, snapshot.step)
+
+    def write_alerts(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.writer.add_text(ALERTS_TAG, alert.to_markdown(), alert.step)
+        if any(a.severity == "critical" for a in alerts):
+            self.writer.flush()
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,38 @@
+"""Snapshot: the host-side view of all statistics at one check step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TOTAL = "total"
+"""Key used in per-layer families for the whole-model value (e.g. total gradient norm)."""
+
+
+@dataclass
+class Snapshot:
+    """All statistics read from the device at one check step.
+
+    Attributes:
+        step: The step this snapshot was taken at.
+        stats: ``{family: {layer: value}}``; families are ``grad_norm``, ``param_grad_norm``,
+            ``weight_norm``, ``update_ratio``, ``zero_fraction``, ``dead_units``, ``saturation``.
+            A family or layer is absent when nothing was measured for it since the last snapshot.
+        loss: Mean training loss over the steps since the last snapshot, or None.
+        val_loss: Latest validation loss reported since the last snapshot, or None.
+        nonfinite: ``{source: first_step}`` for every source that produced NaN/Inf since the last
+            snapshot. Sources are ``"loss"``, ``"grad:<layer>"`` and ``"activation:<layer>"``.
+        skipped_steps: Optimizer steps that AMP's GradScaler skipped since the last snapshot.
+        window_samples: Samples behind the ``dead_units`` values (present only when a window closed).
+    """
+
+    step: int
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    loss: float | None = None
+    val_loss: float | None = None
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    skipped_steps: int = 0
+    window_samples: int = 0
+
+    def family(self, name: str) -> dict[str, float]:
+        """Returns one statistic family (empty dict when absent)."""
+        return self.stats.get(name, {})
