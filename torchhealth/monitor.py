@@ -66,10 +66,11 @@ class Monitor:
         self.activations = ActivationCollector(
             inner, self.facts, self.options.check_every, self.options.window_samples,
             functional=self.options.functional_activations, guard=self.guard)
-        self.weights = WeightCollector(params, device) if optimizer is not None else None
+        copies = distributed.replica_counts(model, params)
+        self.weights = WeightCollector(params, device, copies) if optimizer is not None else None
         self.collectors: dict[str, Collector] = {
             "loss": self.loss_collector,
-            "gradients": GradientCollector(params, device, self.options.per_parameter),
+            "gradients": GradientCollector(params, device, self.options.per_parameter, copies),
             "activations": self.activations,
         }
         if self.weights is not None:
@@ -186,7 +187,8 @@ class Monitor:
                 if self.rank == 0:
                     self.alert_sinks.append(LoggingSink())
             elif handler == "warn":
-                self.alert_sinks.append(WarningSink())
+                if self.rank == 0:
+                    self.alert_sinks.append(WarningSink())
             elif handler == "raise":
                 self._raise_on_critical = True
             else:
