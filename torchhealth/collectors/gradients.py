@@ -49,7 +49,8 @@ def sharded_state(name: str, tensors: list[torch.Tensor], copies: torch.Tensor, 
     ``distributed.replica_counts``), so the sum over ranks is the whole tensor's squared norm:
     the mean for replicated tensors such as DDP's averaged gradients, the sum of the shards' for FSDP.
     """
-    return {name: (squared_norms([local_tensor(t) for t in tensors], device) / copies, "sum")}
+    sq = squared_norms([local_tensor(t) for t in tensors], device)
+    return {name: (sq / copies.to(sq.device, non_blocking=True), "sum")}
 
 
 class LayerSum:
