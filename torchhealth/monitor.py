@@ -11,6 +11,7 @@ from torch import nn
 
 from torchhealth import distributed
 from torchhealth.collectors import ActivationCollector, Collector, GradientCollector, LossCollector, WeightCollector
+from torchhealth.collectors.steps import SkippedStepCollector
 from torchhealth.detectors import Alert, Detector, default_detectors
 from torchhealth.errors import TrainingHealthError
 from torchhealth.facts import ModelFacts
@@ -18,6 +19,7 @@ from torchhealth.layers import parameter_layers, unwrap
 from torchhealth.options import MonitorOptions, alert_handlers
 from torchhealth.safety import Guard
 from torchhealth.sinks import CallbackSink, JsonlAlertSink, LoggingSink, Sink, TensorBoardSink, WarningSink
+from torchhealth.sinks.webhook import WebhookSink
 from torchhealth.snapshot import Snapshot
 
 
@@ -57,6 +59,7 @@ class Monitor:
         self.step_count = 0
         self._interval_start = 0
         self._closed = False
+        self._attached: list[Any] = []
 
         inner = unwrap(model)
         self.facts = ModelFacts.from_model(inner, optimizer)
@@ -75,6 +78,8 @@ class Monitor:
         }
         if self.weights is not None:
             self.collectors["weights"] = self.weights
+        self.skipped_steps = SkippedStepCollector()
+        self.collectors["skipped_steps"] = self.skipped_steps
 
         self.detectors: list[Detector] = default_detectors(self.options)
         self.metric_sinks: list[Sink] = []
@@ -102,7 +107,7 @@ class Monitor:
             raise RuntimeError("Monitor.step() was called after close(); create a new Monitor to keep watching")
         step = self.step_count
         if loss is not None:
-            self.guard.call("collector loss", self.loss_collector.record, loss, step - self._interval_start)
+            self.log_loss(loss)
         if val_loss is not None:
             self.log_validation(val_loss)
         new: list[Alert] = []
@@ -120,11 +125,36 @@ class Monitor:
         """Reports a validation loss; it appears in the next snapshot (and enables overfitting checks)."""
         self.guard.call("collector loss", self.loss_collector.record_validation, loss)
 
+    # -- driven from outside: torchhealth.watch() and the Lightning / Hugging Face callbacks --------
+    def log_loss(self, loss: torch.Tensor | float) -> None:
+        """Records a training loss for the current step without ending it (no host synchronization).
+
+        For loops where something else calls ``step`` (``torchhealth.watch`` calls it from the
+        optimizer): call it after computing the loss and before ``optimizer.step()``. Calls for
+        several micro-batches of one step are averaged.
+        """
+        self.guard.call("collector loss", self.loss_collector.record, loss, self.step_count - self._interval_start)
+
+    def record_skipped_step(self) -> None:
+        """Counts an optimizer step that AMP's GradScaler skipped; call it instead of ``step``."""
+        self.skipped_steps.record()
+
+    def attach(self, driver: Any) -> None:
+        """Keeps ``driver`` (anything with ``close()``, e.g. hooks that call ``step``) until ``close``."""
+        self._attached.append(driver)
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._closed
+
     def close(self) -> None:
         """Removes every hook, flushes and closes all writers. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
+        for driver in self._attached:
+            self.guard.call(f"detach {type(driver).__name__}", driver.close)
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.close)
         for sink in self.metric_sinks + self.alert_sinks:
@@ -193,6 +223,8 @@ class Monitor:
                 self._raise_on_critical = True
             else:
                 self.alert_sinks.append(CallbackSink(handler))
+        if self.options.webhook_url is not None and self.rank == 0:
+            self.alert_sinks.append(WebhookSink(self.options.webhook_url, log_dir=self.log_dir))
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[list[float]]:
