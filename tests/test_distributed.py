@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dist_scripts.launch import torchrun
+from tests.dist_scripts.launch import torchrun
 from torchhealth import Monitor
 from torchhealth.distributed import rank_and_world, replica_counts
 from torchhealth.layers import clean_name, parameter_layers
