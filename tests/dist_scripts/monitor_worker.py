@@ -115,15 +115,15 @@ class Collectives:
             return original(*args, **kwargs)
 
         dist.all_reduce = counting_all_reduce
-        self.group = dist.distributed_c10d._get_default_group()
 
     def around(self, fn):
         """Runs ``fn()``; returns its result and ``(all_reduce calls, group collectives)`` it issued."""
-        calls, seq = self.all_reduce_calls, self.group._get_sequence_number_for_group()
+        group = dist.distributed_c10d._get_default_group()
+        calls, seq = self.all_reduce_calls, group._get_sequence_number_for_group()
         try:
             result = fn()
         finally:
-            counts = (self.all_reduce_calls - calls, self.group._get_sequence_number_for_group() - seq)
+            counts = (self.all_reduce_calls - calls, group._get_sequence_number_for_group() - seq)
         return result, counts
 
 
