@@ -21,7 +21,9 @@ def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 120) -> s
     collective fails the test instead of hanging CI.
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+           "OMP_NUM_THREADS": "1"}
+    if os.environ.get("TORCHHEALTH_TEST_DEVICE", "cpu") == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(SCRIPTS / script), *args]
     proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

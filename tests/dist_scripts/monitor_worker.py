@@ -6,6 +6,10 @@ collectives per step) and references that each rank computes alone from every ra
 are generated from seeds, so any rank can rebuild the whole global batch without a collective).
 Scenarios share one process group so the suite pays torchrun's start-up once.
 
+``TORCHHEALTH_TEST_DEVICE=cuda`` runs the models on the GPU (each rank on ``cuda:<local_rank % count>``;
+several ranks may share one GPU under gloo); ``TORCHHEALTH_TEST_BACKEND`` picks the backend (default
+gloo; nccl needs one GPU per rank). See fsdp_cuda_check.sh.
+
 Decisions are driven by small test-only detectors appended to ``monitor.detectors`` (the real code
 path, a rule defined here), so these tests do not depend on the shipped detectors' thresholds.
 """
@@ -26,6 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 import torchhealth
 from torchhealth.detectors import Alert, Detector
 
+DEVICE = torch.device(os.environ.get("TORCHHEALTH_TEST_DEVICE", "cpu"))
+BACKEND = os.environ.get("TORCHHEALTH_TEST_BACKEND", "gloo")
 BATCH = 8
 CHECK_EVERY = 5
 HIDDEN = 8
@@ -141,6 +147,7 @@ def train(model: nn.Module, monitor: torchhealth.Monitor, optimizer, rank: int, 
         x, y = batch(rank, step)
         if fault is not None:
             x, y = fault(step, x, y)
+        x, y = x.to(DEVICE), y.to(DEVICE)
         loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
         try:
@@ -181,7 +188,7 @@ def reference_step0(world: int) -> dict:
 
 # -- scenarios ---------------------------------------------------------------------------------
 def ddp_monitor(model, out_dir, name, optimizer=None, **options):
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, device_ids=[DEVICE.index] if DEVICE.type == "cuda" else None)
     monitor = torchhealth.Monitor(ddp, optimizer=optimizer, log_dir=os.path.join(out_dir, name),
                                   check_every=CHECK_EVERY, sample_every=1, window_samples=64, **options)
     return ddp, monitor
@@ -189,7 +196,7 @@ def ddp_monitor(model, out_dir, name, optimizer=None, **options):
 
 def scenario_ddp_data(rank, world, out_dir, counter):
     """Ranks see different data; units dead on each rank's inputs are alive on the other's."""
-    model = make_model()
+    model = make_model().to(DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     ddp, monitor = ddp_monitor(model, out_dir, "ddp_data", optimizer, on_alert=[lambda a: None])
     monitor.detectors.append(DeadUnitsRule())
@@ -209,7 +216,7 @@ def nan_input(ranks, at_step):
 
 def scenario_fault(rank, world, out_dir, counter, name, faulty_ranks):
     """NaN inputs at step 7 on ``faulty_ranks``; the check at step 10 must see it on every rank."""
-    model = make_model()
+    model = make_model().to(DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     ddp, monitor = ddp_monitor(model, out_dir, name, optimizer, on_alert=[lambda a: None])
     monitor.detectors.append(NonFiniteRule())
@@ -220,7 +227,7 @@ def scenario_fault(rank, world, out_dir, counter, name, faulty_ranks):
 
 def scenario_raise(rank, world, out_dir, counter):
     """Only the last rank's loss explodes (from step 12); the global mean decides for every rank."""
-    model = make_model()
+    model = make_model().to(DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keep the loss scale fixed
 
     def fault(step, x, y):
@@ -238,9 +245,8 @@ def scenario_raise(rank, world, out_dir, counter):
 def scenario_fsdp(rank, world, out_dir, counter, wrap):
     """Sharded parameters: per-layer gradient and weight norms, update ratios against a plain model
     trained in lockstep on the global batch."""
-    model = make_model()
     reference = make_model()
-    model = wrap(model)
+    model = wrap(make_model().to(DEVICE))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
     monitor = torchhealth.Monitor(model, optimizer=optimizer, log_dir=None, check_every=CHECK_EVERY,
@@ -275,18 +281,20 @@ def scenario_fsdp(rank, world, out_dir, counter, wrap):
 
 
 def wrap_fsdp2(model):
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh(DEVICE.type, (dist.get_world_size(),))
     for layer in (model[0], model[2]):
-        fully_shard(layer)
-    return fully_shard(model)
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
 
 
 def wrap_fsdp1(model):
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    return FullyShardedDataParallel(model, device_id=torch.device("cpu"), use_orig_params=True,
+    return FullyShardedDataParallel(model, device_id=DEVICE, use_orig_params=True,
                                     auto_wrap_policy=ModuleWrapPolicy({nn.Linear}))
 
 
@@ -301,11 +309,16 @@ SCENARIOS = {
 
 
 def main() -> None:
+    global DEVICE
     out_dir, names = sys.argv[1], sys.argv[2:] or list(SCENARIOS)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+    if DEVICE.type == "cuda":
+        DEVICE = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        torch.cuda.set_device(DEVICE)
+    dist.init_process_group(BACKEND, timeout=timedelta(seconds=30))
     rank, world = dist.get_rank(), dist.get_world_size()
     counter = Collectives()
-    results = {"pid": os.getpid(), "world": world}
+    results = {"pid": os.getpid(), "world": world, "device": str(DEVICE), "backend": BACKEND,
+               "torch": torch.__version__}
     for name in names:
         try:
             results[name] = SCENARIOS[name](rank, world, out_dir, counter)
