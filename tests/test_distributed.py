@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
                                 reason="torch.distributed with gloo is not available")
 
 CHECK_EVERY = 5  # as in monitor_worker.py
-DDP_SCENARIOS = ["ddp_data", "fault_every_rank", "fault_one_rank", "raise"]
+DDP_SCENARIOS = ["ddp_data", "fault_every_rank", "fault_one_rank", "dead_everywhere", "raise", "raise_test_rule"]
 FSDP_SCENARIOS = ["fsdp2", "fsdp1"]
 
 
@@ -53,11 +53,20 @@ def both(run, scenario: str) -> tuple[dict, dict]:
 
 def test_units_dead_on_one_rank_alive_on_another_raise_no_alert(run):
     rank0, rank1 = both(run, "ddp_data")
-    # The premise: on its own inputs each rank leaves half the hidden units dead.
+    # The premise: on its own inputs each rank leaves half the hidden units dead (the shipped
+    # DeadUnits detector warns from a half).
     assert rank0["locally_dead_fraction"] == rank1["locally_dead_fraction"] == 0.5
     judged = [s["stats"]["dead_units"] for s in rank0["snapshots"] if "dead_units" in s["stats"]]
     assert judged and all(d == {"1": 0.0} for d in judged)
-    assert rank0["alerts"] == rank1["alerts"] == []
+    # neither the test rule (any dead unit) nor the shipped detectors alert
+    assert rank0["delivered"] == rank1["delivered"] == []
+
+
+def test_units_dead_on_every_rank_raise_the_same_dead_unit_alert_on_every_rank(run):
+    rank0, rank1 = both(run, "dead_everywhere")
+    assert rank0["delivered"] == rank1["delivered"]
+    dead = [a for a in rank0["delivered"] if a["kind"] == "dead_units"]
+    assert [(a["layer"], a["step"], a["value"]) for a in dead] == [("1", 5, 0.5)]
 
 
 def test_window_sample_counts_come_from_all_ranks(run):
@@ -86,16 +95,21 @@ def test_every_rank_sees_the_same_snapshots(run, scenario):
 def test_a_fault_raises_the_same_alert_on_every_rank_at_the_same_step(run, scenario):
     rank0, rank1 = both(run, scenario)
     assert rank0["alerts"] == rank1["alerts"]
-    assert [(a["kind"], a["step"], a["evidence"]["first_step"]) for a in rank0["alerts"]] == [("test_nonfinite", 10, 7)]
-    assert "activation:1" in rank0["alerts"][0]["evidence"]["sources"]
+    rule = [a for a in rank0["alerts"] if a["kind"] == "test_nonfinite"]
+    assert [(a["step"], a["evidence"]["first_step"]) for a in rule] == [(10, 7)]
+    assert "activation:1" in rule[0]["evidence"]["sources"]
+    # the shipped NonFinite detector names the same root, at the step the NaN appeared, on every rank
+    shipped = [a for a in rank0["alerts"] if a["kind"] == "nonfinite"]
+    assert [(a["layer"], a["step"], a["evidence"]["root"]) for a in shipped] == [("1", 7, "activation:1")]
 
 
-def test_raise_stops_every_rank_at_the_same_step(run):
-    rank0, rank1 = both(run, "raise")
+@pytest.mark.parametrize("scenario, kind", [("raise_test_rule", "test_loss"), ("raise", "loss_divergence")])
+def test_raise_stops_every_rank_at_the_same_step(run, scenario, kind):
+    rank0, rank1 = both(run, scenario)
     assert rank0["raised_at"] == rank1["raised_at"] == 15
-    assert rank0["raised_alert"] == rank1["raised_alert"]
-    # Rank 0's own loss is small: it stopped because the loss mean is global.
-    assert rank0["local_loss_at_raise"] < 1000 < rank0["raised_alert"]["value"]
+    assert rank0["raised_alert"] == rank1["raised_alert"] and rank0["raised_alert"]["kind"] == kind
+    # Rank 0's own loss stayed small: it stopped because the loss mean is global.
+    assert rank0["local_loss_at_raise"] < 10 and rank1["local_loss_at_raise"] > 1e4
     assert rank0["passed_barrier"] and rank1["passed_barrier"]
 
 
@@ -118,8 +132,7 @@ def test_only_rank0_writes_files(run):
         assert not any(f".{pid1}." in f for f in files)
         alerts_file = out / scenario / "alerts.jsonl"
         written = alerts_file.read_text().splitlines() if alerts_file.exists() else []
-        raised = [ranks[0][scenario]["raised_alert"]] if ranks[0][scenario]["raised_at"] is not None else []
-        assert [json.loads(line) for line in written] == ranks[0][scenario]["alerts"] + raised
+        assert [json.loads(line) for line in written] == ranks[0][scenario]["delivered"]
     assert not (out / "ddp_data" / "alerts.jsonl").exists()
 
 

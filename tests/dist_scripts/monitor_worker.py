@@ -10,8 +10,8 @@ Scenarios share one process group so the suite pays torchrun's start-up once.
 several ranks may share one GPU under gloo); ``TORCHHEALTH_TEST_BACKEND`` picks the backend (default
 gloo; nccl needs one GPU per rank). See fsdp_cuda_check.sh.
 
-Decisions are driven by small test-only detectors appended to ``monitor.detectors`` (the real code
-path, a rule defined here), so these tests do not depend on the shipped detectors' thresholds.
+Decisions come from the shipped detectors and from small test-only detectors appended to
+``monitor.detectors`` (the real code path, a rule defined here, independent of the shipped thresholds).
 """
 
 from __future__ import annotations
@@ -165,6 +165,7 @@ def train(model: nn.Module, monitor: torchhealth.Monitor, optimizer, rank: int, 
             last = snapshot
         optimizer.step()
         optimizer.zero_grad()
+    record["delivered"] = [a.to_dict() for a in monitor.alerts]  # everything the sinks received
     return record
 
 
@@ -225,7 +226,17 @@ def scenario_fault(rank, world, out_dir, counter, name, faulty_ranks):
     return record
 
 
-def scenario_raise(rank, world, out_dir, counter):
+def scenario_dead_everywhere(rank, world, out_dir, counter):
+    """Every rank sees positive inputs only: units 4-7 (which copy -x) are dead on the whole job."""
+    model = make_model().to(DEVICE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ddp, monitor = ddp_monitor(model, out_dir, "dead_everywhere", optimizer, on_alert=[lambda a: None])
+    record = train(ddp, monitor, optimizer, rank, 11, counter, fault=lambda step, x, y: (x.abs(), y))
+    monitor.close()
+    return record
+
+
+def scenario_raise(rank, world, out_dir, counter, name, shipped_detectors):
     """Only the last rank's loss explodes (from step 12); the global mean decides for every rank."""
     model = make_model().to(DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keep the loss scale fixed
@@ -233,8 +244,8 @@ def scenario_raise(rank, world, out_dir, counter):
     def fault(step, x, y):
         return (x, y * 1000.0) if step >= 12 and dist.get_rank() == world - 1 else (x, y)
 
-    ddp, monitor = ddp_monitor(model, out_dir, "raise", optimizer, on_alert="raise")
-    monitor.detectors.append(LossRule(threshold=1000.0))
+    ddp, monitor = ddp_monitor(model, out_dir, name, optimizer, on_alert="raise")
+    monitor.detectors = (monitor.detectors if shipped_detectors else []) + [LossRule(threshold=1000.0)]
     record = train(ddp, monitor, optimizer, rank, 30, counter, fault=fault)
     monitor.close()
     dist.barrier()  # every rank must get here: none is left waiting in DDP's all-reduce
@@ -302,7 +313,9 @@ SCENARIOS = {
     "ddp_data": scenario_ddp_data,
     "fault_every_rank": lambda r, w, o, c: scenario_fault(r, w, o, c, "fault_every_rank", range(w)),
     "fault_one_rank": lambda r, w, o, c: scenario_fault(r, w, o, c, "fault_one_rank", {w - 1}),
-    "raise": scenario_raise,
+    "dead_everywhere": scenario_dead_everywhere,
+    "raise": lambda r, w, o, c: scenario_raise(r, w, o, c, "raise", shipped_detectors=True),
+    "raise_test_rule": lambda r, w, o, c: scenario_raise(r, w, o, c, "raise_test_rule", shipped_detectors=False),
     "fsdp2": lambda *a: scenario_fsdp(*a, wrap=wrap_fsdp2),
     "fsdp1": lambda *a: scenario_fsdp(*a, wrap=wrap_fsdp1),
 }
