@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 
 CHECK_EVERY = 5  # as in monitor_worker.py
 DDP_SCENARIOS = ["ddp_data", "fault_every_rank", "fault_one_rank", "dead_everywhere", "raise", "raise_test_rule"]
-FSDP_SCENARIOS = ["fsdp2", "fsdp1"]
+FSDP_SCENARIOS = ["fsdp2", "fsdp1", "hsdp"]
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +144,11 @@ def test_layer_names_carry_no_wrapper_prefix(run):
     assert run[1][0]["ddp_data"]["layer_types"] == ["0", "1", "2", "model"]
 
 
-@pytest.mark.parametrize("scenario", FSDP_SCENARIOS)
-def test_fsdp_norms_and_update_ratios_from_shards_match_the_unsharded_model(run, scenario):
+@pytest.mark.parametrize("scenario, copies", [("fsdp2", 1), ("fsdp1", 1), ("hsdp", 2)])
+def test_fsdp_norms_and_update_ratios_from_shards_match_the_unsharded_model(run, scenario, copies):
     record = run[1][0][scenario]
+    # how many ranks hold each local shard: 1 when fully sharded, 2 under HSDP's (replicate=2, shard=1) mesh
+    assert record["replica_counts"] == [copies] * 4
     by_step = {s["step"]: s["stats"] for s in record["snapshots"]}
     assert sorted(by_step) == [0, 5, 10]
     for step, expected in record["expected"].items():

@@ -273,7 +273,7 @@ def scenario_fsdp(rank, world, out_dir, counter, wrap):
             layers = {"0": [reference[0].weight, reference[0].bias], "2": [reference[2].weight, reference[2].bias]}
             expected[step] = {
                 "grad_norm": {k: float(torch.stack([p.grad.norm() for p in ps]).norm()) for k, ps in layers.items()},
-                "weight_norm": {k: float(torch.stack([p.norm() for p in ps]).norm()) for k, ps in layers.items()},
+                "weight_norm": {k: float(torch.stack([p.detach().norm() for p in ps]).norm()) for k, ps in layers.items()},
             }
             if step > 0:
                 expected[step]["update_ratio"] = {k: before_update[k] for k in layers}
@@ -288,14 +288,18 @@ def scenario_fsdp(rank, world, out_dir, counter, wrap):
         ref_optimizer.zero_grad()
     record["expected"] = expected
     record["param_names"] = [name for name, _, _ in monitor.collectors["gradients"].params]
+    record["replica_counts"] = monitor.collectors["gradients"].copies.tolist()
     return record
 
 
-def wrap_fsdp2(model):
+def wrap_fsdp2(model, hsdp=False):
+    """fully_shard over all ranks, or HSDP: replicated across all ranks, each shard group of one rank."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh(DEVICE.type, (dist.get_world_size(),))
+    world = dist.get_world_size()
+    mesh = init_device_mesh(DEVICE.type, (world, 1), mesh_dim_names=("replicate", "shard")) if hsdp else \
+        init_device_mesh(DEVICE.type, (world,))
     for layer in (model[0], model[2]):
         fully_shard(layer, mesh=mesh)
     return fully_shard(model, mesh=mesh)
@@ -318,6 +322,7 @@ SCENARIOS = {
     "raise_test_rule": lambda r, w, o, c: scenario_raise(r, w, o, c, "raise_test_rule", shipped_detectors=False),
     "fsdp2": lambda *a: scenario_fsdp(*a, wrap=wrap_fsdp2),
     "fsdp1": lambda *a: scenario_fsdp(*a, wrap=wrap_fsdp1),
+    "hsdp": lambda *a: scenario_fsdp(*a, wrap=lambda m: wrap_fsdp2(m, hsdp=True)),
 }
 
 
