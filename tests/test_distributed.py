@@ -158,6 +158,14 @@ def test_fsdp_norms_and_update_ratios_from_shards_match_the_unsharded_model(run,
     assert record["alerts"] == []  # activation statistics are reduced under FSDP too: no dead units
 
 
+@pytest.mark.parametrize("scenario", ["fsdp2", "hsdp"])
+def test_attach_time_facts_of_sharded_weights_are_those_of_the_whole_weights_on_every_rank(run, scenario):
+    rank0, rank1 = both(run, scenario)
+    assert rank0["facts"] == rank1["facts"]
+    for name in ("init_gain", "bias_mean"):
+        assert rank0["facts"][name] == pytest.approx(rank0["unsharded_facts"][name], rel=1e-5, abs=1e-7)
+
+
 # -- single-process pieces ---------------------------------------------------------------------
 def test_without_a_process_group_the_monitor_is_rank_0_of_1():
     model = nn.Sequential(nn.Linear(2, 2))

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import torchhealth
 from torchhealth.detectors import Alert, Detector
+from torchhealth.facts import ModelFacts
 
 DEVICE = torch.device(os.environ.get("TORCHHEALTH_TEST_DEVICE", "cpu"))
 BACKEND = os.environ.get("TORCHHEALTH_TEST_BACKEND", "gloo")
@@ -289,6 +290,9 @@ def scenario_fsdp(rank, world, out_dir, counter, wrap):
     record["expected"] = expected
     record["param_names"] = [name for name, _, _ in monitor.collectors["gradients"].params]
     record["replica_counts"] = monitor.collectors["gradients"].copies.tolist()
+    unsharded = ModelFacts.from_model(make_model())
+    record["facts"] = {"init_gain": monitor.facts.init_gain, "bias_mean": monitor.facts.bias_mean}
+    record["unsharded_facts"] = {"init_gain": unsharded.init_gain, "bias_mean": unsharded.bias_mean}
     return record
 
 
