@@ -11,7 +11,7 @@ set -u
 OUT=${OUT:-$PWD/cuda_check_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export TORCHHEALTH_TEST_DEVICE=cuda
+export TORCHHEALTH_TEST_DEVICE=${TORCHHEALTH_TEST_DEVICE:-cuda}  # cpu: a dry run of this script
 {
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version(), 'gpus', torch.cuda.device_count(), torch.cuda.get_device_name(0))"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -37,9 +37,11 @@ if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; th
 fi
 if python -c "import pytest" 2>/dev/null; then
   for d in "$OUT"/gloo "$OUT"/nccl; do
-    [ -f "$d/rank1.json" ] && TORCHHEALTH_DIST_RESULTS=$d timeout 120 python -m pytest -q -p no:cacheprovider \
-      tests/test_distributed.py -k "not without_a_process_group and not clean_name and not compiled and not without_loss" \
-      > "$d.pytest.txt" 2>&1; echo "pytest $(basename "$d"): exit $?"
+    if [ -f "$d/rank1.json" ]; then
+      TORCHHEALTH_DIST_RESULTS=$d timeout 120 python -m pytest -q -p no:cacheprovider tests/test_distributed.py \
+        -k "not without_a_process_group and not clean_name and not compiled and not without_loss" > "$d.pytest.txt" 2>&1
+      echo "pytest $(basename "$d"): exit $? (see $d.pytest.txt)"
+    fi
   done
 fi
 tail -n 5 "$OUT"/*.log

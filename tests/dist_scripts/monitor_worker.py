@@ -155,8 +155,8 @@ def train(model: nn.Module, monitor: torchhealth.Monitor, optimizer, rank: int, 
             alerts, counts = counter.around(lambda: monitor.step(loss))
         except torchhealth.TrainingHealthError as error:
             record["raised_at"] = step
-            record["raised_alert"] = error.alert.to_dict() if hasattr(error, "alert") else str(error)
-            record["local_loss_at_raise"] = float(loss)
+            record["raised_alert"] = error.alert.to_dict()
+            record["local_loss_at_raise"] = float(loss.detach())
             break
         record["collectives"].append([step, *counts])
         record["alerts"] += [a.to_dict() for a in alerts]
@@ -178,6 +178,7 @@ def reference_step0(world: int) -> dict:
     per_rank_losses = [nn.functional.mse_loss(model(xr), yr) for xr, yr in (batch(r, 0) for r in range(world))]
     loss = torch.stack(per_rank_losses).mean()  # DDP averages gradients: d(mean of rank losses)
     loss.backward()
+    model.requires_grad_(False)
     return {
         "loss": float(loss.detach()),
         "grad_norm": {"0": math.hypot(float(model[0].weight.grad.norm()), float(model[0].bias.grad.norm())),
