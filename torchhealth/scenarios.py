@@ -180,12 +180,17 @@ def regression(seed: int, n: int = 1000, features: int = 10, scale: float = 1.0,
     return _standardize(x), y / y.std() * scale
 
 
-def sequences(seed: int, n: int = 1024, length: int = 12, vocab: int = 8):
-    """Synthetic sequence classification: is the first token's id among the last three tokens?"""
+def sequences(seed: int, n: int = 1024, length: int = 12, vocab: int = 8, task: str = "recall"):
+    """Synthetic sequence classification.
+
+    ``task="recall"``: is the first token's id among the last three tokens? ``task="count"``: does
+    token 0 occur more often than token 1?
+    """
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, vocab, (n, length), generator=g)
-    y = (x[:, :1] == x[:, -3:]).any(1).long()
-    return x, y
+    if task == "count":
+        return x, ((x == 0).sum(1) > (x == 1).sum(1)).long()
+    return x, (x[:, :1] == x[:, -3:]).any(1).long()
 
 
 def sequence_sums(seed: int, n: int = 1024, length: int = 20, features: int = 4):
@@ -411,8 +416,8 @@ DEV = [
               lambda s: _classify(mlp([10, 32, 32, 1]), regression(s), ADAM, 1e-2, seed=s, loss=mse)),
     _scenario("healthy_lstm", "LSTM sequence classifier, Adam", (), 200,
               lambda s: _sequence_run(SequenceClassifier("LSTM"), s, ADAM, 3e-3)),
-    _scenario("healthy_transformer", "2-layer transformer encoder on a sequence task, AdamW", (), 150,
-              lambda s: _sequence_run(TinyTransformer(), s, ADAMW, 1e-3)),
+    _scenario("healthy_transformer", "2-layer transformer encoder counting tokens, AdamW 1e-3", (), 150,
+              lambda s: _classify(TinyTransformer(), sequences(s, task="count"), ADAMW, 1e-3, seed=s)),
     _scenario("healthy_functional_relu", "MLP calling F.relu in forward, SGD", (), 300,
               lambda s: _classify(FunctionalMLP([64, 64, 64, 10]), digits(), SGD, 0.05, seed=s)),
     _scenario("healthy_sparse_relu", "ReLU layer ~80% zeros per batch but every unit alive", (), 300, _sparse_but_alive),
