@@ -101,13 +101,16 @@ def _demo(args: argparse.Namespace) -> int:
 def _print_alert(console: Any, alert: dict[str, Any]) -> None:
     """Prints one alert (``Alert.to_dict()`` form, as in alerts.jsonl) with its numbered suggestions."""
     from rich.markup import escape
+    from rich.padding import Padding
+    from rich.text import Text
 
     where = f" in [bold]{escape(str(alert['layer']))}[/]" if alert.get("layer") else ""
     style = SEVERITY_STYLE.get(alert.get("severity"), "")
-    console.print(f"  [{style}]{str(alert.get('severity')).upper()}[/] {escape(str(alert.get('kind')))}{where} "
-                  f"at step {alert.get('step')}: {escape(str(alert.get('message')))}")
+    console.print(Padding(Text.from_markup(
+        f"[{style}]{str(alert.get('severity')).upper()}[/] {escape(str(alert.get('kind')))}{where} "
+        f"at step {alert.get('step')}: {escape(str(alert.get('message')))}"), (0, 0, 0, 2)))
     for i, suggestion in enumerate(alert.get("suggestions") or [], 1):
-        console.print(f"      {i}. {suggestion}", markup=False)
+        console.print(Padding(Text(f"{i}. {suggestion}"), (0, 0, 0, 6)))  # wrapped lines stay indented
 
 
 def _print_demo_summary(console: Any, results: list[Any]) -> None:
