@@ -6,7 +6,6 @@ import glob
 import os
 
 
-
 def scalar_tags(log_dir: str) -> set[str]:
     """Every scalar tag in the event files directly under ``log_dir`` (read with TensorBoard's reader)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

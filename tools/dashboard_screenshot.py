@@ -2,8 +2,9 @@
 
     python tools/dashboard_screenshot.py [--logdir DIR] [--out docs/dashboard.png]
 
-Needs Debian's ``chromium`` (``apt-get install chromium``). Trains the demo scenarios first unless
-``--logdir`` already holds runs.
+Needs Debian's ``chromium`` (``apt-get install chromium``). Trains the healthy, vanishing and
+dead_units demo scenarios first unless ``--logdir`` already holds runs (three runs keep the charts
+readable).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--logdir", default=None)
     parser.add_argument("--out", default=os.path.join("docs", "dashboard.png"))
-    parser.add_argument("--run", default="exploding", help="run to wait for before shooting")
-    parser.add_argument("--size", default="1600,1400")
+    parser.add_argument("--scenarios", nargs="+", default=["healthy", "vanishing", "dead_units"])
+    parser.add_argument("--size", default="1600,1240")
     args = parser.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -34,8 +35,9 @@ def main() -> int:
     if not os.listdir(logdir):
         from torchhealth import cli
 
-        cli.main(["demo", "--logdir", logdir])
-    with tensorboard_server(logdir, wait_for_run=args.run) as base, tempfile.TemporaryDirectory() as profile:
+        cli.main(["demo", "--logdir", logdir, *[a for name in args.scenarios for a in ("--scenario", name)]])
+    runs = sorted(os.listdir(logdir))
+    with tensorboard_server(logdir, wait_for_run=runs[-1]) as base, tempfile.TemporaryDirectory() as profile:
         subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         f"--user-data-dir={profile}", f"--window-size={args.size}", "--virtual-time-budget=30000",
                         f"--screenshot={os.path.abspath(args.out)}", f"{base}/#custom_scalars"],

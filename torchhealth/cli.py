@@ -108,9 +108,9 @@ def _print_alert(console: Any, alert: dict[str, Any]) -> None:
     style = SEVERITY_STYLE.get(alert.get("severity"), "")
     console.print(Padding(Text.from_markup(
         f"[{style}]{str(alert.get('severity')).upper()}[/] {escape(str(alert.get('kind')))}{where} "
-        f"at step {alert.get('step')}: {escape(str(alert.get('message')))}"), (0, 0, 0, 2)))
+        f"at step {alert.get('step')}: {escape(str(alert.get('message')))}"), (0, 0, 0, 2), expand=False))
     for i, suggestion in enumerate(alert.get("suggestions") or [], 1):
-        console.print(Padding(Text(f"{i}. {suggestion}"), (0, 0, 0, 6)))  # wrapped lines stay indented
+        console.print(Padding(Text(f"{i}. {suggestion}"), (0, 0, 0, 6), expand=False))  # wrapped lines stay indented
 
 
 def _print_demo_summary(console: Any, results: list[Any]) -> None:
