@@ -176,7 +176,8 @@ def weight_decay(facts: ModelFacts, evidence: dict) -> str | None:
 def early_stopping(facts: ModelFacts, evidence: dict) -> str | None:
     best = evidence.get("best_val_step")
     at = f" (best validation loss at step {best})" if best is not None else ""
-    return f"Keep the checkpoint with the lowest validation loss and stop when it stops improving{at}."
+    return (f"Stop early and keep the checkpoint with the lowest validation loss{at}: later steps only fit the "
+            f"training set better.")
 
 
 def plateau_lr(facts: ModelFacts, evidence: dict) -> str | None:

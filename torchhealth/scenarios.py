@@ -180,12 +180,17 @@ def regression(seed: int, n: int = 1000, features: int = 10, scale: float = 1.0,
     return _standardize(x), y / y.std() * scale
 
 
-def sequences(seed: int, n: int = 1024, length: int = 12, vocab: int = 8):
-    """Synthetic sequence classification: is the first token's id among the last three tokens?"""
+def sequences(seed: int, n: int = 1024, length: int = 12, vocab: int = 8, task: str = "recall"):
+    """Synthetic sequence classification.
+
+    ``task="recall"``: is the first token's id among the last three tokens? ``task="count"``: does
+    token 0 occur more often than token 1?
+    """
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, vocab, (n, length), generator=g)
-    y = (x[:, :1] == x[:, -3:]).any(1).long()
-    return x, y
+    if task == "count":
+        return x, ((x == 0).sum(1) > (x == 1).sum(1)).long()
+    return x, (x[:, :1] == x[:, -3:]).any(1).long()
 
 
 def sequence_sums(seed: int, n: int = 1024, length: int = 20, features: int = 4):
@@ -411,8 +416,8 @@ DEV = [
               lambda s: _classify(mlp([10, 32, 32, 1]), regression(s), ADAM, 1e-2, seed=s, loss=mse)),
     _scenario("healthy_lstm", "LSTM sequence classifier, Adam", (), 200,
               lambda s: _sequence_run(SequenceClassifier("LSTM"), s, ADAM, 3e-3)),
-    _scenario("healthy_transformer", "2-layer transformer encoder on a sequence task, AdamW", (), 150,
-              lambda s: _sequence_run(TinyTransformer(), s, ADAMW, 1e-3)),
+    _scenario("healthy_transformer", "2-layer transformer encoder counting tokens, AdamW 1e-3", (), 150,
+              lambda s: _classify(TinyTransformer(), sequences(s, task="count"), ADAMW, 1e-3, seed=s)),
     _scenario("healthy_functional_relu", "MLP calling F.relu in forward, SGD", (), 300,
               lambda s: _classify(FunctionalMLP([64, 64, 64, 10]), digits(), SGD, 0.05, seed=s)),
     _scenario("healthy_sparse_relu", "ReLU layer ~80% zeros per batch but every unit alive", (), 300, _sparse_but_alive),
@@ -424,18 +429,19 @@ DEV = [
               lambda s: _classify(mlp([64] + [64] * 9 + [10], nn.Sigmoid), digits(), SGD, 0.1, seed=s)),
     _scenario("tiny_init", "6-layer ReLU MLP with N(0, 1e-3) weights", ("vanishing_gradient",), 300,
               lambda s: _classify(mlp([64] + [64] * 5 + [10], init_std=1e-3), digits(), SGD, 0.05, seed=s)),
-    _scenario("exploding", "ReLU MLP, SGD with lr far too high (3.0)", ("exploding_gradient",), 200,
-              lambda s: _classify(mlp([64, 64, 64, 10]), digits(), SGD, 3.0, seed=s)),
+    _scenario("exploding", "Regression MLP on diabetes, SGD with lr far too high (2.0)", ("exploding_gradient",), 100,
+              lambda s: _classify(mlp([10, 64, 64, 1]), diabetes(scale_targets=True), SGD, 2.0, seed=s, loss=mse)),
     _scenario("lr_above_stability", "Linear regression, SGD lr just above 2/L", ("exploding_gradient", "loss_divergence"), 300,
               lambda s: _classify(nn.Linear(10, 1), diabetes(scale_targets=True), SGD, 1.1, seed=s, batch=442, loss=mse)),
-    _scenario("huge_init", "ReLU MLP with weights 10x Kaiming, SGD", ("exploding_gradient",), 200,
-              lambda s: _classify(mlp([64, 64, 64, 10], init_std=10 * (2 / 64) ** 0.5), digits(), SGD, 0.01, seed=s)),
-    _scenario("recurrent_explosion", "ReLU RNN with recurrent gain 1.3 on 20-step sequences", ("exploding_gradient",), 200,
-              lambda s: _recurrent_explosion(s, 32, 1.3, 0.01)),
+    _scenario("huge_init", "4-layer regression MLP with weights 2x Kaiming, SGD 0.01", ("exploding_gradient",), 100,
+              lambda s: _classify(mlp([10, 64, 64, 64, 1], init_std=2 * (2 / 64) ** 0.5), diabetes(scale_targets=True),
+                                  SGD, 0.01, seed=s, loss=mse)),
+    _scenario("recurrent_explosion", "ReLU RNN, recurrent gain 1.2, 40-step sequences, SGD 0.1", ("exploding_gradient",),
+              200, lambda s: _recurrent_explosion(s, 32, 1.2, 0.1, length=40)),
     _scenario("dead_units", "ReLU MLP whose hidden biases start at -3", ("dead_units",), 200,
               lambda s: _classify(mlp([64, 64, 64, 10], bias=-3.0), digits(), SGD, 0.05, seed=s)),
-    _scenario("dead_relu_high_lr", "ReLU MLP, Adam lr 0.1 kills units", ("dead_units",), 300,
-              lambda s: _classify(mlp([64, 128, 128, 10]), digits(), ADAM, 0.1, seed=s)),
+    _scenario("dead_relu_high_lr", "ReLU MLP, SGD lr 3.0 kills units", ("dead_units",), 400,
+              lambda s: _classify(mlp([64, 64, 64, 10]), digits(), SGD, 3.0, seed=s)),
     _scenario("nonfinite", "Hand-written BCE on sigmoid outputs: 0*log(0)=NaN", ("nonfinite",), 300, _nan_loss),
     _scenario("saturated_tanh", "tanh MLP with weights 5x Xavier", ("saturated_activation",), 200,
               lambda s: _classify(mlp([64, 64, 64, 10], nn.Tanh, init_std=5 / 8), digits(), SGD, 0.01, seed=s)),

@@ -34,12 +34,12 @@ class NonFinite(Detector):
         layer = root.split(":", 1)[1] if ":" in root else None
         evidence = {"root": root, "first_step": sources[root], "sources": len(sources),
                     "cascade": sorted(sources, key=sources.get)[:10]}
-        where = f"`{layer}`" if layer else "the loss"
-        what = {"activation": "output of", "grad": "gradient of", "loss": ""}[root.split(":")[0]]
+        where = {"activation": f"the output of `{layer}`", "grad": f"the gradient of `{layer}`",
+                 "loss": "the loss"}[root.split(":")[0]]
         alert = self.episodes.report(MODEL, snapshot.step, "critical", lambda: self.make_alert(
             facts, layer=layer, step=sources[root], severity="critical", value=float(sources[root]),
             evidence=evidence,
-            message=(f"NaN/Inf first appeared in the {what} {where} at step {sources[root]}".replace("  ", " ")
+            message=(f"NaN/Inf first appeared in {where} at step {sources[root]}"
                      + (f" ({len(sources) - 1} other sources followed)" if len(sources) > 1 else ""))))
         return [alert] if alert else []
 
