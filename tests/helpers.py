@@ -1,25 +1,9 @@
-"""Shared test helpers: a test-only detector and an event-file reader."""
+"""Shared test helpers."""
 
 from __future__ import annotations
 
 import glob
 import os
-
-from torchhealth.detectors import Detector
-from torchhealth.detectors.alert import Alert
-
-
-class NonfiniteIsCritical(Detector):
-    """Test detector: a critical alert for every snapshot that saw a non-finite value."""
-
-    kind = "test_nonfinite"
-
-    def check(self, snapshot, facts):
-        if not snapshot.nonfinite:
-            return []
-        source, step = min(snapshot.nonfinite.items(), key=lambda kv: kv[1])
-        return [Alert(kind=self.kind, layer=None, step=step, severity="critical", value=float("nan"),
-                      message=f"{source} went non-finite", suggestions=["lower the learning rate"])]
 
 
 def scalar_tags(log_dir: str) -> set[str]:

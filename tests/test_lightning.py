@@ -10,11 +10,10 @@ from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
-import torchhealth.monitor  # noqa: E402
 import torchhealth.sinks.base  # noqa: E402
 from torchhealth.integrations.lightning import TorchHealthCallback  # noqa: E402
 
-from tests.helpers import NonfiniteIsCritical, scalar_tags  # noqa: E402
+from tests.helpers import scalar_tags  # noqa: E402
 
 
 class TinyModule(pl.LightningModule):
@@ -70,12 +69,11 @@ def test_own_log_dir_without_a_tensorboard_logger(tmp_path):
     assert "health/grad_norm/net.0" in scalar_tags(str(tmp_path / "health"))
 
 
-def test_stop_on_critical_alert(tmp_path, monkeypatch):
-    monkeypatch.setattr(torchhealth.monitor, "default_detectors", lambda options: [NonfiniteIsCritical()])
+def test_stop_on_critical_alert(tmp_path):
     callback = TorchHealthCallback(check_every=1, log_every=1, stop_on_critical=True, on_alert=[lambda a: None])
     t = trainer(tmp_path, callback, max_steps=50)
     t.fit(TinyModule(poison_after=3))
-    assert any(a.severity == "critical" for a in callback.monitor.alerts)
+    assert any(a.severity == "critical" and a.kind == "nonfinite" for a in callback.monitor.alerts)
     assert t.global_step < 10  # stopped soon after the loss went NaN, not at max_steps
     assert os.path.exists(os.path.join(t.logger.log_dir, "alerts.jsonl"))
 

@@ -13,10 +13,9 @@ import torch  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
-import torchhealth.monitor  # noqa: E402
 from torchhealth.integrations.transformers import TorchHealthCallback  # noqa: E402
 
-from tests.helpers import NonfiniteIsCritical, scalar_tags  # noqa: E402
+from tests.helpers import scalar_tags  # noqa: E402
 
 
 def tiny_model():
@@ -69,10 +68,9 @@ class PoisonWeights(transformers.TrainerCallback):
                 model.lm_head.weight.fill_(float("nan"))
 
 
-def test_stop_on_critical_alert(tmp_path, monkeypatch):
-    monkeypatch.setattr(torchhealth.monitor, "default_detectors", lambda options: [NonfiniteIsCritical()])
+def test_stop_on_critical_alert(tmp_path):
     callback = TorchHealthCallback(check_every=1, log_every=1, stop_on_critical=True, on_alert=[lambda a: None])
     trainer = train(tmp_path, callback, extra_callbacks=[PoisonWeights()], max_steps=40)
-    assert any(a.severity == "critical" for a in callback.monitor.alerts)
+    assert any(a.severity == "critical" and a.kind == "nonfinite" for a in callback.monitor.alerts)
     assert trainer.state.global_step < 10
     assert os.path.exists(tmp_path / "out" / "runs" / "torchhealth" / "alerts.jsonl")

@@ -13,6 +13,11 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError("torchhealth.integrations.transformers needs transformers: "
                       "pip install 'torchhealth[transformers]'") from exc
+if not hasattr(TrainerCallback, "on_pre_optimizer_step"):  # added in transformers 4.42
+    import transformers
+
+    raise ImportError(f"torchhealth.integrations.transformers needs transformers>=4.42 (for on_pre_optimizer_step), "
+                      f"found {transformers.__version__}: pip install -U 'torchhealth[transformers]'")
 
 from torchhealth.amp import unscale_and_check
 from torchhealth.integrations.state import restore_monitor
