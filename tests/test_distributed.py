@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 
 CHECK_EVERY = 5  # as in monitor_worker.py
 DDP_SCENARIOS = ["ddp_data", "fault_every_rank", "fault_one_rank", "dead_everywhere", "raise", "raise_test_rule"]
+DRIVEN_SCENARIOS = ["watch_accumulate"]  # no log_dir
 FSDP_SCENARIOS = ["fsdp2", "fsdp1", "hsdp"]
 
 
@@ -85,10 +86,17 @@ def test_step0_statistics_are_those_of_the_global_batch(run):
         assert got == pytest.approx(expected[family], rel=1e-5), family
 
 
-@pytest.mark.parametrize("scenario", DDP_SCENARIOS + FSDP_SCENARIOS)
+@pytest.mark.parametrize("scenario", DDP_SCENARIOS + DRIVEN_SCENARIOS + FSDP_SCENARIOS)
 def test_every_rank_sees_the_same_snapshots(run, scenario):
     rank0, rank1 = both(run, scenario)
     assert rank0["snapshots"] and rank0["snapshots"] == rank1["snapshots"]
+
+
+def test_watch_with_no_sync_accumulation_reads_the_averaged_gradients(run):
+    record = run[1][0]["watch_accumulate"]
+    assert [s["step"] for s in record["snapshots"]] == [0, 5]
+    assert record["snapshots"][0]["stats"]["grad_norm"]["total"] == pytest.approx(record["reference_step0_grad_norm"],
+                                                                                rel=1e-5)
 
 
 @pytest.mark.parametrize("scenario", ["fault_every_rank", "fault_one_rank"])
@@ -113,7 +121,7 @@ def test_raise_stops_every_rank_at_the_same_step(run, scenario, kind):
     assert rank0["passed_barrier"] and rank1["passed_barrier"]
 
 
-@pytest.mark.parametrize("scenario", DDP_SCENARIOS + FSDP_SCENARIOS)
+@pytest.mark.parametrize("scenario", DDP_SCENARIOS + DRIVEN_SCENARIOS + FSDP_SCENARIOS)
 def test_one_collective_per_check_and_none_on_other_steps(run, scenario):
     for record in both(run, scenario):
         assert record["collectives"], "no steps recorded"
@@ -137,7 +145,7 @@ def test_only_rank0_writes_files(run):
 
 
 def test_layer_names_carry_no_wrapper_prefix(run):
-    for scenario in DDP_SCENARIOS + FSDP_SCENARIOS:
+    for scenario in DDP_SCENARIOS + DRIVEN_SCENARIOS + FSDP_SCENARIOS:
         for snapshot in run[1][0][scenario]["snapshots"]:
             assert set(snapshot["stats"]["grad_norm"]) == {"0", "2", "total"}, scenario
             assert set(snapshot["stats"]["param_grad_norm"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}

@@ -28,9 +28,11 @@ run() {  # run <name> <backend> <nproc> [scenario ...]
 }
 
 run gloo gloo 2
-if ! grep -q '"fsdp1"' "$OUT/gloo/rank0.json" 2>/dev/null || grep -q '"error"' "$OUT/gloo/rank0.json"; then
+if ! grep -q '"hsdp"' "$OUT/gloo/rank0.json" 2>/dev/null || grep -q '"error"' "$OUT/gloo/rank0.json"; then
   # something failed: run each scenario alone to see which ones work
-  for s in ddp_data fault_every_rank fault_one_rank raise fsdp2 fsdp1; do run "gloo_$s" gloo 2 "$s"; done
+  for s in $(python -c "from tests.dist_scripts.monitor_worker import SCENARIOS; print(*SCENARIOS)"); do
+    run "gloo_$s" gloo 2 "$s"
+  done
 fi
 if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
   run nccl nccl 2

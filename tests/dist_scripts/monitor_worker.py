@@ -16,6 +16,7 @@ Decisions come from the shipped detectors and from small test-only detectors app
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -255,6 +256,33 @@ def scenario_raise(rank, world, out_dir, counter, name, shipped_detectors):
     return record
 
 
+def scenario_watch_accumulate(rank, world, out_dir, counter):
+    """``torchhealth.watch`` with 2-batch gradient accumulation, the first backward under ``no_sync``:
+    the monitor steps from the optimizer, so it reads the gradients DDP averaged at the second backward."""
+    model = make_model().to(DEVICE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ddp = DistributedDataParallel(model, device_ids=[DEVICE.index] if DEVICE.type == "cuda" else None)
+    monitor = torchhealth.watch(ddp, optimizer, check_every=CHECK_EVERY, sample_every=1, on_alert=[lambda a: None])
+    record = {"collectives": [], "snapshots": []}
+    for step in range(6):
+        for micro in range(2):
+            x, y = (t.to(DEVICE) for t in batch(rank, 2 * step + micro))
+            with ddp.no_sync() if micro == 0 else contextlib.nullcontext():
+                nn.functional.mse_loss(ddp(x), y).backward()
+        _, counts = counter.around(optimizer.step)
+        record["collectives"].append([step, *counts])
+        if step % CHECK_EVERY == 0:
+            record["snapshots"].append(snapshot_record(monitor.last_snapshot))
+        optimizer.zero_grad()
+    monitor.close()
+    reference = make_model()
+    for micro in range(2):  # mean over ranks of each rank's summed micro-batch gradients, at step 0
+        torch.stack([nn.functional.mse_loss(reference(x), y) for x, y in (batch(r, micro) for r in range(world))]
+                    ).mean().backward()
+    record["reference_step0_grad_norm"] = float(torch.stack([p.grad.norm() for p in reference.parameters()]).norm())
+    return record
+
+
 def scenario_fsdp(rank, world, out_dir, counter, wrap):
     """Sharded parameters: per-layer gradient and weight norms, update ratios against a plain model
     trained in lockstep on the global batch."""
@@ -325,6 +353,7 @@ SCENARIOS = {
     "dead_everywhere": scenario_dead_everywhere,
     "raise": lambda r, w, o, c: scenario_raise(r, w, o, c, "raise", shipped_detectors=True),
     "raise_test_rule": lambda r, w, o, c: scenario_raise(r, w, o, c, "raise_test_rule", shipped_detectors=False),
+    "watch_accumulate": scenario_watch_accumulate,
     "fsdp2": lambda *a: scenario_fsdp(*a, wrap=wrap_fsdp2),
     "fsdp1": lambda *a: scenario_fsdp(*a, wrap=wrap_fsdp1),
     "hsdp": lambda *a: scenario_fsdp(*a, wrap=lambda m: wrap_fsdp2(m, hsdp=True)),
