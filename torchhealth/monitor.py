@@ -31,7 +31,10 @@ class Monitor:
     in one transfer, written to TensorBoard (every ``log_every`` steps) and checked by the detectors.
 
     Args:
-        model: The module to watch (DDP/FSDP wrappers are looked through).
+        model: The module to watch (DDP/FSDP wrappers are looked through). Under torch.distributed,
+            create the monitor on every rank after wrapping and call ``step`` on every rank: each
+            check reduces the statistics across ranks in one collective, and only rank 0 writes
+            files (docs/distributed.md).
         optimizer: Its optimizer; enables measured update/weight ratios and learning-rate advice.
         log_dir: Directory for TensorBoard event files and ``alerts.jsonl``; None writes no files.
         **options: See ``MonitorOptions`` (``check_every``, ``log_every``, ``sample_every``,
