@@ -16,7 +16,9 @@ from torchhealth.integrations.lightning import TorchHealthCallback  # noqa: E402
 from tests.helpers import scalar_tags  # noqa: E402
 
 
-class TinyModule(pl.LightningModule):
+class TinyBody:
+    """A tiny regression module's body, to combine with either Lightning package's LightningModule."""
+
     def __init__(self, lr: float = 0.05, poison_after: int | None = None) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
@@ -40,6 +42,10 @@ class TinyModule(pl.LightningModule):
         return torch.utils.data.DataLoader(data, batch_size=8)
 
 
+class TinyModule(TinyBody, pl.LightningModule):
+    pass
+
+
 def trainer(tmp_path, callback, **kwargs):
     defaults = dict(accelerator="cpu", devices=1, max_steps=6, enable_progress_bar=False,
                     enable_model_summary=False, default_root_dir=str(tmp_path),
@@ -53,6 +59,26 @@ def test_fit_logs_into_the_tensorboard_logger_run_once_per_optimizer_step(tmp_pa
     module = TinyModule()
     t = trainer(tmp_path, callback, accumulate_grad_batches=2)
     t.fit(module)
+    check_fit(callback, module, t)
+
+
+def test_the_older_pytorch_lightning_package(tmp_path):
+    old = pytest.importorskip("pytorch_lightning")
+    from torchhealth.integrations.pytorch_lightning import TorchHealthCallback as OldCallback
+
+    class OldTinyModule(TinyBody, old.LightningModule):
+        pass
+
+    callback = OldCallback(check_every=1, log_every=1)
+    module = OldTinyModule()
+    t = old.Trainer(callbacks=[callback], accelerator="cpu", devices=1, max_steps=6, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=str(tmp_path), accumulate_grad_batches=2,
+                    logger=old.loggers.TensorBoardLogger(str(tmp_path), name="tb"), enable_checkpointing=False)
+    t.fit(module)
+    check_fit(callback, module, t)
+
+
+def check_fit(callback, module, t):
     monitor = callback.monitor
     assert monitor.step_count == t.global_step == 6  # 12 micro-batches, 6 optimizer steps
     assert monitor.log_dir == t.logger.log_dir
