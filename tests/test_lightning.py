@@ -32,6 +32,10 @@ class TinyBody:
             loss = loss * float("nan")
         return loss
 
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
@@ -44,6 +48,14 @@ class TinyBody:
 
 class TinyModule(TinyBody, pl.LightningModule):
     pass
+
+
+class SnapshotRecorder(torchhealth.sinks.base.Sink):
+    def __init__(self) -> None:
+        self.snapshots = []
+
+    def write_snapshot(self, snapshot) -> None:
+        self.snapshots.append(snapshot)
 
 
 def trainer(tmp_path, callback, **kwargs):
@@ -89,6 +101,19 @@ def check_fit(callback, module, t):
     assert monitor.closed
 
 
+def test_validation_loss_reaches_the_monitor(tmp_path):
+    callback = TorchHealthCallback(check_every=1, log_every=1)
+    recorder, module = SnapshotRecorder(), TinyModule()
+    module.on_fit_start = lambda: callback.monitor.metric_sinks.append(recorder)
+    trainer(tmp_path, callback, max_steps=6, val_check_interval=2, num_sanity_val_steps=1).fit(
+        module, val_dataloaders=module.train_dataloader())
+    val = [s.val_loss for s in recorder.snapshots if s.val_loss is not None]
+    # Validation ran after optimizer steps 2, 4 and 6 (the sanity check is not reported); each value
+    # lands in the next check's snapshot, and training ends before a check follows the last one.
+    assert len(val) == 2
+    assert all(v > 0 for v in val)
+
+
 def test_own_log_dir_without_a_tensorboard_logger(tmp_path):
     callback = TorchHealthCallback(log_dir=tmp_path / "health", check_every=2, log_every=2)
     trainer(tmp_path, callback, logger=False, max_steps=4).fit(TinyModule())
@@ -122,14 +147,6 @@ def test_bad_option_fails_at_construction():
     with pytest.raises(TypeError, match="check_evry"):
         TorchHealthCallback(check_evry=3)
 
-
-
-class SnapshotRecorder(torchhealth.sinks.base.Sink):
-    def __init__(self) -> None:
-        self.snapshots = []
-
-    def write_snapshot(self, snapshot) -> None:
-        self.snapshots.append(snapshot)
 
 
 def test_16_mixed_precision_reads_unscaled_gradients_and_counts_skips(tmp_path):

@@ -29,6 +29,8 @@ class LightningHealthLogic:
         log_dir: Run directory when the trainer has no TensorBoardLogger
             (default ``<default_root_dir>/torchhealth``).
         stop_on_critical: Set ``trainer.should_stop`` when a critical alert is raised.
+        val_loss_key: The logged metric (``self.log(...)``) reported to the monitor as validation loss
+            after each validation run, which enables the overfitting check.
         **options: ``MonitorOptions`` (``check_every``, ``on_alert``, ``webhook_url``, ...).
 
     Attributes:
@@ -36,12 +38,13 @@ class LightningHealthLogic:
     """
 
     def __init__(self, log_dir: str | os.PathLike | None = None, *, stop_on_critical: bool = False,
-                 **options: Any) -> None:
+                 val_loss_key: str = "val_loss", **options: Any) -> None:
         from torchhealth.options import MonitorOptions
 
         MonitorOptions.from_kwargs(**options)  # bad options fail here, not at fit time
         self.log_dir = log_dir
         self.stop_on_critical = stop_on_critical
+        self.val_loss_key = val_loss_key
         self.options = options
         self.monitor: Monitor | None = None
         self._optimizer = None
@@ -71,6 +74,11 @@ class LightningHealthLogic:
         alerts = self.monitor.step()
         if self.stop_on_critical and any(a.severity == "critical" for a in alerts):
             trainer.should_stop = True
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        value = trainer.callback_metrics.get(self.val_loss_key)
+        if self.monitor is not None and value is not None and not trainer.sanity_checking:
+            self.monitor.log_validation(value)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self.close()
