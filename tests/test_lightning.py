@@ -12,6 +12,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 import torchhealth.sinks.base  # noqa: E402
 from torchhealth.integrations.lightning import TorchHealthCallback  # noqa: E402
+from torchhealth.report import load_run  # noqa: E402
 
 from tests.helpers import scalar_tags  # noqa: E402
 
@@ -96,6 +97,9 @@ def check_fit(callback, module, t):
     assert monitor.log_dir == t.logger.log_dir
     tags = scalar_tags(t.logger.log_dir)
     assert {"health/grad_norm/net.0", "health/grad_norm/net.2", "health/loss", "health/update_ratio/net.0"} <= tags
+    # `torchhealth report` reads the health back from the run it shares with Lightning's own scalars.
+    report = load_run(t.logger.log_dir)
+    assert report.last_step == 5 and {"net.0", "net.2", "total"} <= set(report.layers)
     # Teardown removed every hook the monitor put on the model.
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
     assert monitor.closed
