@@ -53,6 +53,13 @@ def test_demo_rejects_unknown_scenarios_and_lists_them(tmp_path, capsys):
     assert code == 0 and all(name in out for name in torchhealth.scenarios.DEMO_SCENARIOS)
 
 
+def test_demo_names_a_missing_optional_package(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
+    monkeypatch.delitem(sys.modules, "sklearn.datasets", raising=False)
+    code, out, _ = run_cli(capsys, "demo", "--scenario", "healthy", "--steps", "2", "--logdir", str(tmp_path))
+    assert code == 1 and "pip install scikit-learn" in out
+
+
 def test_report_table_reads_back_what_the_demo_wrote(demo_run, capsys):
     _, _, logdir = demo_run
     code, out, _ = run_cli(capsys, "report", logdir)

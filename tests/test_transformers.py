@@ -42,7 +42,7 @@ def train(tmp_path, callback, extra_callbacks=(), **kwargs):
                     disable_tqdm=True, use_cpu=True, logging_steps=100)
     defaults.update(kwargs)
     args = transformers.TrainingArguments(**defaults)
-    trainer = transformers.Trainer(model=tiny_model(), args=args, train_dataset=Tokens(),
+    trainer = transformers.Trainer(model=tiny_model(), args=args, train_dataset=Tokens(), eval_dataset=Tokens(16),
                                    callbacks=[callback, *extra_callbacks])
     trainer.train()
     return trainer
@@ -59,6 +59,13 @@ def test_train_reads_gradients_once_per_optimizer_step_and_logs_to_tensorboard(t
     assert "health/loss" in tags and "health/grad_norm/total" in tags
     assert monitor.closed
     assert all(not m._forward_hooks for m in trainer.model.modules())
+
+
+def test_eval_loss_is_reported_as_validation_loss(tmp_path):
+    callback = TorchHealthCallback(check_every=1, log_every=1)
+    train(tmp_path, callback, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=16)
+    tags = scalar_tags(callback.monitor.log_dir)
+    assert "health/val_loss" in tags
 
 
 class PoisonWeights(transformers.TrainerCallback):

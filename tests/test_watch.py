@@ -78,9 +78,14 @@ def test_close_detaches_from_the_optimizer():
     assert not opt._optimizer_step_pre_hooks
 
 
-def test_watch_rejects_a_missing_optimizer():
+def test_watch_rejects_a_missing_optimizer_and_a_bad_scaler():
     with pytest.raises(TypeError, match="Optimizer"):
         torchhealth.watch(make_model(), None)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="GradScaler"):
+        torchhealth.watch(model, opt, scaler=object())
+    assert not opt._optimizer_step_pre_hooks and not any(m._forward_hooks for m in model.modules())
 
 
 def run_amp(use_scaler: bool, poison_step: int | None = None):

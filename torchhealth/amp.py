@@ -44,6 +44,12 @@ def unscale_and_check(scaler: Any, optimizer: torch.optim.Optimizer) -> bool:
     return bool(sum(float(v.item()) for v in found.values()))
 
 
+def check_scaler(scaler: Any) -> None:
+    """Raises TypeError unless ``scaler`` looks like a GradScaler (has ``step``, ``unscale_``, ``is_enabled``)."""
+    if not all(callable(getattr(scaler, name, None)) for name in ("step", "unscale_", "is_enabled")):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+
+
 class ScalerStepWatch:
     """Wraps one GradScaler's ``step`` to tell steps it skipped from steps it took.
 
@@ -57,8 +63,7 @@ class ScalerStepWatch:
     """
 
     def __init__(self, scaler: Any, optimizer: torch.optim.Optimizer, on_skip: Callable[[], None]) -> None:
-        if not callable(getattr(scaler, "step", None)) or not hasattr(scaler, "unscale_"):
-            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+        check_scaler(scaler)
         self.scaler = scaler
         self.optimizer = optimizer
         self.on_skip = on_skip

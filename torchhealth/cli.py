@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 DEFAULT_DEMO_DIR = os.path.join("runs", "torchhealth-demo")
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow"}
+PIP_NAMES = {"sklearn": "scikit-learn"}
+"""Modules whose pip package has another name."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,9 +85,15 @@ def _demo(args: argparse.Namespace) -> int:
             def on_step(step: int, loss: float, alerts: list[Any]) -> None:
                 progress.update(task, advance=1, loss=f"{loss:.4g}")
 
-            result = scenarios.run_scenario(
-                scenario, steps=steps, log_dir=os.path.join(args.logdir, name), on_step=on_step,
-                on_alert=[lambda alert: _print_alert(console, alert.to_dict())])
+            try:
+                result = scenarios.run_scenario(
+                    scenario, steps=steps, log_dir=os.path.join(args.logdir, name), on_step=on_step,
+                    on_alert=[lambda alert: _print_alert(console, alert.to_dict())])
+            except ModuleNotFoundError as exc:  # the scenarios' data sets come from optional packages
+                package = PIP_NAMES.get((exc.name or "").split(".")[0], exc.name)
+                console.print(f"[red]the {name!r} scenario needs the package {package!r}[/]: pip install {package}",
+                              soft_wrap=True)
+                return 1
         results.append(result)
         if not result.alerts:
             console.print(f"  [green]no alerts[/] in {result.steps_run} steps")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchhealth.amp import ScalerStepWatch
+from torchhealth.amp import ScalerStepWatch, check_scaler
 from torchhealth.monitor import Monitor
 
 
@@ -74,6 +74,8 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, log_dir: str | 
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"watch() needs the torch.optim.Optimizer whose steps drive the monitor, "
                         f"got {type(optimizer).__name__}; for a loop without one use Monitor(...).step()")
+    if scaler is not None:
+        check_scaler(scaler)  # before the monitor attaches anything
     monitor = Monitor(model, optimizer, log_dir=log_dir, **options)
     monitor.attach(OptimizerDriver(monitor, optimizer, scaler))
     return monitor

@@ -32,7 +32,8 @@ class TorchHealthCallback(TrainerCallback):
 
     Gradients are read in ``on_pre_optimizer_step``: once per optimizer step (after gradient
     accumulation and clipping), unscaled under fp16 AMP; steps the GradScaler skips are counted in
-    ``Snapshot.skipped_steps``. The training loss is the ``loss`` the model returns in training mode.
+    ``Snapshot.skipped_steps``. The training loss is the ``loss`` the model returns in training mode;
+    ``eval_loss`` from each evaluation is reported as validation loss (enabling the overfitting check).
     Health scalars go to TensorBoard under ``args.logging_dir`` (transformers 4) or
     ``<output_dir>/runs/torchhealth``, next to the Trainer's own TensorBoard runs; only the main
     process writes files.
@@ -77,6 +78,11 @@ class TorchHealthCallback(TrainerCallback):
         alerts = self.monitor.step()
         if self.stop_on_critical and any(a.severity == "critical" for a in alerts):
             control.should_training_stop = True
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                    **kwargs: Any) -> None:
+        if self.monitor is not None and not self.monitor.closed and metrics and "eval_loss" in metrics:
+            self.monitor.log_validation(metrics["eval_loss"])
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.close()
