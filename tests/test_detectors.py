@@ -182,13 +182,32 @@ def test_nonfinite_recovers_and_fires_again():
 
 
 # -- saturated_activation -----------------------------------------------------------------------------
-def test_saturation_needs_persistence_and_skips_output_activation():
+def saturation_facts() -> ModelFacts:
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1), nn.Sigmoid())
     facts = ModelFacts.from_model(model)
     facts.forward_order = ["0", "1", "2", "3", "4", "5"]
-    seq = [snap(10 * i, 1.0, saturation={"1": 0.95, "3": 0.6 if i != 1 else 0.1, "5": 0.99}) for i in range(5)]
-    alerts = run(SaturatedActivation(), seq, facts)
-    assert [(a.layer, a.severity, a.step) for a in alerts] == [("1", "critical", 20), ("3", "warning", 40)]
+    return facts
+
+
+def test_saturation_needs_persistence_and_skips_output_activation():
+    seq = [snap(10 * i, 1.0, saturation={"1": 0.95, "3": 0.6 if i != 1 else 0.1, "5": 0.99}) for i in range(7)]
+    alerts = run(SaturatedActivation(), seq, saturation_facts())
+    assert [(a.layer, a.severity, a.step) for a in alerts] == [("1", "critical", 40), ("3", "warning", 60)]
+
+
+def test_trap_saturation_a_third_of_outputs_while_loss_falls_is_flagged():
+    # 44% of a hidden sigmoid layer stuck at its extremes for 200 steps while Adam still lowers the
+    # loss: the layer trains at a fraction of its speed; a practitioner wants to hear about it.
+    seq = [snap(10 * i, 5.0 * 0.9 ** i, saturation={"1": 0.44, "3": 0.02}) for i in range(20)]
+    alerts = run(SaturatedActivation(), seq, saturation_facts())
+    assert [(a.layer, a.severity, a.step) for a in alerts] == [("1", "warning", 40)]
+
+
+def test_trap_healthy_or_transient_saturation_is_not_flagged():
+    # healthy tanh layers keep a few percent at the extremes; a short burst (4 checks) is transient
+    healthy = [snap(10 * i, 1.0, saturation={"1": 0.03, "3": 0.25}) for i in range(30)]
+    burst = [snap(10 * i, 1.0, saturation={"1": 0.7 if 3 <= i < 7 else 0.05}) for i in range(30)]
+    assert run(SaturatedActivation(), healthy + burst, saturation_facts()) == []
 
 
 # -- loss_divergence / loss_plateau / overfitting -----------------------------------------------------
@@ -199,6 +218,21 @@ def test_divergence_on_rising_loss_and_not_on_late_bounce():
     assert [a.severity for a in alerts] == ["warning", "critical"]
     bounce = [snap(10 * i, v) for i, v in enumerate([2.3, 1.0, 0.3, 0.05, 0.01, 0.06, 0.01, 0.08])]
     assert run(LossDivergence(), bounce, facts) == []
+
+
+def test_trap_divergence_within_the_first_checks_is_measured_from_the_earliest_loss():
+    # Adam with lr far too high: the loss is already diverged on the 2nd and 3rd checks, so their
+    # median (8.5) would hide the rise; the starting level is the lowest early loss (0.72).
+    losses = [0.72, 8.5, 20.0, 9.0, 7.5, 8.1, 7.9, 8.3]
+    alerts = run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts())
+    assert alerts and alerts[0].step == 10 and alerts[0].evidence["start_loss"] == 0.72
+    assert alerts[0].severity == "critical"
+
+
+def test_trap_loss_that_starts_high_and_falls_is_not_divergence():
+    # huge init: the first loss is enormous and falls fast; noise on the way down is not a rise
+    losses = [400.0, 60.0, 9.0, 4.0, 4.4, 3.0, 3.3, 2.1, 2.4, 1.5]
+    assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
 
 
 def test_plateau_only_when_training_never_progressed():

@@ -10,11 +10,18 @@ from torchhealth.detectors.trends import consecutive
 from torchhealth.facts import ModelFacts
 from torchhealth.snapshot import Snapshot
 
-SATURATED_SHARE = 0.5
-"""Share of a site's outputs within 0.03 of the extremes that counts as saturated."""
+SATURATED_SHARE = 1 / 3
+"""Share of a hidden site's outputs at the extremes (|tanh| > 0.97, sigmoid within 0.03 of 0 or 1) that is saturated.
+
+Healthy hidden sigmoid/tanh layers keep a few percent of their outputs there (0-3% in every healthy
+benchmark run); a third means a third of the layer's gradient paths run at <= 6% (tanh) / <= 12%
+(sigmoid) of their full slope, check after check: the layer learns at a fraction of its speed even
+while the loss still falls, and the fixes (Xavier init, normalized inputs, ReLU) cost nothing.
+"""
 CRITICAL_SHARE = 0.9
-PERSIST = 3
-RECOVERED_SHARE = 0.3
+PERSIST = 5
+"""Consecutive checks (50 steps by default) the share must stay high: transient saturation is not flagged."""
+RECOVERED_SHARE = 0.2
 
 
 class SaturatedActivation(Detector):
