@@ -136,6 +136,21 @@ def test_trap_element_sparsity_is_not_death():
     assert run(DeadUnits(), seq, facts) == []
 
 
+def test_silent_layer_is_dead_before_its_window_closes():
+    # small batches: the 1024-sample window has not closed, but the layer output only zeros for 3 checks
+    facts = mlp_facts()
+    seq = [snap(10 * i, 0.7, zero_fraction={"1": 0.5, "3": 1.0 if i >= 2 else 0.9}) for i in range(8)]
+    alerts = run(DeadUnits(), seq + [snap(80, 0.7, dead_units={"3": 1.0}, zero_fraction={"3": 1.0})], facts)
+    assert [(a.layer, a.severity, a.step) for a in alerts] == [("3", "critical", 40)]  # once, window verdict agrees
+
+
+def test_trap_nearly_silent_or_briefly_silent_layers_are_not_dead():
+    facts = mlp_facts()
+    nearly = [snap(10 * i, 0.7, zero_fraction={"1": 0.999}) for i in range(20)]
+    brief = [snap(10 * i, 0.7, zero_fraction={"1": 1.0 if i % 3 else 0.95}) for i in range(20)]
+    assert run(DeadUnits(), nearly, facts) == [] and run(DeadUnits(), brief, facts) == []
+
+
 def test_dead_units_once_per_episode_escalates_and_names_layer():
     facts = mlp_facts()
     detector = DeadUnits()
@@ -208,6 +223,39 @@ def test_trap_healthy_or_transient_saturation_is_not_flagged():
     healthy = [snap(10 * i, 1.0, saturation={"1": 0.03, "3": 0.25}) for i in range(30)]
     burst = [snap(10 * i, 1.0, saturation={"1": 0.7 if 3 <= i < 7 else 0.05}) for i in range(30)]
     assert run(SaturatedActivation(), healthy + burst, saturation_facts()) == []
+
+
+class HandWrittenLSTM(nn.Module):
+    """An LSTM cell written with torch.sigmoid/torch.tanh gates, unrolled over 3 steps, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.Linear(8, 16)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = c = torch.zeros(x.shape[0], 4)
+        for _ in range(3):
+            i, f, g, o = self.cell(torch.cat([x, h], 1)).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return self.head(h)
+
+
+def test_trap_saturated_gates_of_a_hand_written_lstm_are_not_flagged():
+    from torchhealth.monitor import Monitor
+
+    model = HandWrittenLSTM()
+    monitor = Monitor(model, sample_every=1, check_every=1)
+    model(torch.randn(4, 4))
+    sites = [s for s in monitor.facts.activations if s.startswith("cell") or ":" in s]
+    assert len(sites) >= 5  # the function mode saw the gates
+    seq = [snap(10 * i, 1.0, saturation={s: 0.95 for s in sites}) for i in range(10)]
+    assert run(SaturatedActivation(), seq, monitor.facts) == []
+    monitor.close()
+    # the same shares in a plain tanh stack are flagged
+    assert run(SaturatedActivation(), [snap(10 * i, 1.0, saturation={"1": 0.95}) for i in range(10)],
+               saturation_facts())
 
 
 # -- loss_divergence / loss_plateau / overfitting -----------------------------------------------------

@@ -27,8 +27,11 @@ RECOVERED_SHARE = 0.2
 class SaturatedActivation(Detector):
     """Flags sigmoid/tanh sites whose outputs sit at the extremes for ``PERSIST`` checks.
 
-    The model's output activation (no weight layer after it in forward order, e.g. the sigmoid of a
-    binary classifier) is expected to saturate as predictions become confident and is skipped.
+    Two kinds of site are expected to saturate and are skipped: the model's output activation (no
+    weight layer after it in forward order, e.g. the sigmoid of a binary classifier), which saturates
+    as predictions become confident; and gates (a sigmoid/tanh that runs right next to another
+    activation with no weight layer in between, as the i/f/o gates and cell tanh of a hand-written
+    LSTM/GRU cell do), where a gate at 0 or 1 is how the cell forgets or keeps its state.
     """
 
     kind = "saturated_activation"
@@ -36,7 +39,7 @@ class SaturatedActivation(Detector):
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         alerts = []
         for site, share in snapshot.family("saturation").items():
-            if not math.isfinite(share) or _is_output(site, facts):
+            if not math.isfinite(share) or _is_output(site, facts) or _is_gate(site, facts):
                 continue
             flags = self.remember(f"high:{site}", float(share >= SATURATED_SHARE))
             if consecutive(flags) < PERSIST:
@@ -59,3 +62,17 @@ def _is_output(site: str, facts: ModelFacts) -> bool:
         return False
     weights = set(facts.weight_layers)
     return not any(layer in weights for layer in order[order.index(site) + 1:])
+
+
+def _is_gate(site: str, facts: ModelFacts) -> bool:
+    """True when the nearest weight layer/activation before or after ``site`` in forward order is an activation.
+
+    In a plain stack weight layers and activations alternate; activations side by side are gates
+    computed from the same pre-activations (chunks of one Linear) and combined by multiplication.
+    """
+    order = [name for name in facts.forward_order if name in facts.activations or name in set(facts.weight_layers)]
+    if site not in order:
+        return False
+    i = order.index(site)
+    neighbours = order[max(i - 1, 0):i] + order[i + 1:i + 2]
+    return any(name in facts.activations for name in neighbours)
