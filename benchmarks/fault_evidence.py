@@ -4,7 +4,8 @@ A detection benchmark is only as good as its labels: a scenario labelled "explod
 gradients never grew measures nothing. This script trains each scenario with a plain loop (no
 torchhealth hooks, no detectors) and prints the statistic its label is about, computed directly:
 
-- exploding_gradient: total gradient norm per step; its peak over the median of the first 10 steps.
+- every run: the loss's first and last finite value, the first non-finite step, and the total gradient
+  norm at step 0 with its finite peak (exploding_gradient).
 - loss_divergence: the loss's peak (finite) over its first value, and its final value.
 - vanishing_gradient: gradient norm of the lowest third of weight layers over the highest third
   (geometric means), median over the second half of the run, and the loss change.
@@ -96,12 +97,11 @@ def evidence(scenario: sc.Scenario, seed: int = 0) -> str:
         if not math.isfinite(value):
             first_nonfinite = step
             break
-    finite = [v for v in losses if math.isfinite(v)]
+    finite = [v for v in losses if math.isfinite(v)] or [math.nan]
     parts = [f"steps {len(losses)}, loss {finite[0]:.3g} -> {finite[-1]:.3g}",
              f"first non-finite step {first_nonfinite}"]
-    early = statistics.median(norms[:10])
     peak = max((n for n in norms if math.isfinite(n)), default=math.nan)
-    parts.append(f"grad norm: first-10 median {early:.3g}, finite peak {peak:.3g} ({peak / early:.3g}x) at step "
+    parts.append(f"grad norm: step 0 {norms[0]:.3g}, finite peak {peak:.3g} ({peak / norms[0]:.3g}x) at step "
                  f"{norms.index(peak) if math.isfinite(peak) else '-'}")
     expected = set(scenario.expected)
     if "loss_divergence" in expected:
@@ -133,14 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group", default=None, help="only this group (development, heldout, heldout2)")
     parser.add_argument("--only", nargs="*")
+    parser.add_argument("--out", help="also write the list to this markdown file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    lines = []
     for name, scenario in sc.SCENARIOS.items():
         if not scenario.expected or (args.only and name not in args.only):
             continue
         if args.group and scenario.group != args.group:
             continue
-        print(f"- `{name}` ({', '.join(scenario.expected)}): {evidence(scenario)}")
+        lines.append(f"- `{name}` [{scenario.group}] ({', '.join(scenario.expected)}): {evidence(scenario)}")
+        print(lines[-1], flush=True)
+    if args.out:
+        Path(args.out).write_text("# Fault evidence: raw statistics of every faulty scenario, without a Monitor\n\n"
+                                  "Regenerate with `python benchmarks/fault_evidence.py --out docs/fault_evidence.md` "
+                                  "(seed 0).\n\n" + "\n".join(lines) + "\n")
     return 0
 
 

@@ -74,3 +74,12 @@ def test_run_scenario_stops_after_nonfinite_losses_and_reports_root():
 def test_explosion_before_overflow_is_flagged_before_the_first_nonfinite_step():
     result = run_scenario(SCENARIOS["lr_above_stability"])
     assert result.first_step("exploding_gradient") < result.first_nonfinite_step
+
+
+def test_second_held_out_set_covers_kinds_and_healthy_runs():
+    group = [s for s in SCENARIOS.values() if s.group == "heldout2"]
+    faulty = [s for s in group if s.expected]
+    assert len(faulty) >= 6 and len(group) - len(faulty) >= 6
+    assert len({k for s in faulty for k in s.expected}) >= 6
+    assert {s.group for s in SCENARIOS.values()} == {"development", "heldout", "heldout2"}
+    assert all(s.heldout == (s.group != "development") for s in SCENARIOS.values())
