@@ -15,7 +15,7 @@ torchhealth hooks, no detectors) and prints the statistic its label is about, co
 - loss_plateau: relative loss change between the first and last 10 steps.
 - overfitting: validation loss at its best, and at the end, with the training loss at both.
 
-    python benchmarks/fault_evidence.py [--group heldout2] [--only NAME ...]
+    python benchmarks/fault_evidence.py [--group heldout2] [--only NAME ...] [--seed 0] [--out FILE]
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", default=None, help="only this group (development, heldout, heldout2)")
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--out", help="also write the list to this markdown file")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     lines = []
@@ -142,12 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.group and scenario.group != args.group:
             continue
-        lines.append(f"- `{name}` [{scenario.group}] ({', '.join(scenario.expected)}): {evidence(scenario)}")
+        lines.append(f"- `{name}` [{scenario.group}] ({', '.join(scenario.expected)}): {evidence(scenario, args.seed)}")
         print(lines[-1], flush=True)
     if args.out:
         Path(args.out).write_text("# Fault evidence: raw statistics of every faulty scenario, without a Monitor\n\n"
                                   "Regenerate with `python benchmarks/fault_evidence.py --out docs/fault_evidence.md` "
-                                  "(seed 0).\n\n" + "\n".join(lines) + "\n")
+                                  f"(seed {args.seed}).\n\n" + "\n".join(lines) + "\n")
     return 0
 
 
