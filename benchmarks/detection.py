@@ -1,8 +1,9 @@
 """Detection benchmark: every scenario in torchhealth.scenarios under a Monitor with default settings.
 
 Prints a markdown table (scenario, expected, detected kinds, first-detection step, first non-finite
-step, top suggestion) and a summary per set (development / held-out): recall, false alarms, median
-steps to detection, and explosions flagged before the first non-finite value.
+step, top suggestion) and a summary per group (development, held-out, second held-out; see
+``Scenario.group``): recall, false alarms, median steps to detection, and explosions flagged before
+the first non-finite value.
 
     python benchmarks/detection.py [--out docs/detection.md] [--only NAME ...] [--seed 0]
 """
@@ -23,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark the tr
 from torchhealth.scenarios import SCENARIOS, ScenarioResult, run_scenario
 
 EXPLOSIVE = ("exploding_gradient", "loss_divergence")
+GROUPS = {"development": "Development set", "heldout": "Held-out set (first review)",
+          "heldout2": "Second held-out set (written and frozen before the detectors ran on it)"}
 
 
 def row(result: ScenarioResult, seconds: float) -> dict:
@@ -33,7 +36,7 @@ def row(result: ScenarioResult, seconds: float) -> dict:
     top = next((a.suggestions[0] for a in result.alerts if a.kind in s.expected and a.suggestions), "")
     if not top and result.alerts and result.alerts[0].suggestions:
         top = result.alerts[0].suggestions[0]
-    return {"name": s.name, "heldout": s.heldout, "expected": s.expected, "kinds": result.kinds,
+    return {"name": s.name, "group": s.group, "expected": s.expected, "kinds": result.kinds,
             "caught": all(k in result.kinds for k in s.expected), "false_alarm": not s.expected and bool(result.alerts),
             "first": first, "nonfinite": result.first_nonfinite_step, "top": top, "seconds": seconds,
             "explosion_first": min([result.first_step(k) for k in EXPLOSIVE if result.first_step(k) is not None],
@@ -87,13 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row(result, time.perf_counter() - t0))
         print(f"{name}: {rows[-1]['kinds']} ({rows[-1]['seconds']:.1f}s)", file=sys.stderr)
     total = time.perf_counter() - start
-    dev = [r for r in rows if not r["heldout"]]
-    held = [r for r in rows if r["heldout"]]
     parts = ["# Detection benchmark", "",
              f"All scenarios from `torchhealth.scenarios`, default Monitor settings, seed {args.seed}, "
              f"1 CPU thread, {total:.0f} s in total. Regenerate with `python benchmarks/detection.py --out docs/detection.md`.",
              ""]
-    for title, group in (("Development set", dev), ("Held-out set", held)):
+    for key, title in GROUPS.items():
+        group = [r for r in rows if r["group"] == key]
         if group:
             parts += [f"## {title}", "", summary(group, title), "", table(group), ""]
     report = "\n".join(parts)

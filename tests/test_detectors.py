@@ -136,6 +136,21 @@ def test_trap_element_sparsity_is_not_death():
     assert run(DeadUnits(), seq, facts) == []
 
 
+def test_silent_layer_is_dead_before_its_window_closes():
+    # small batches: the 1024-sample window has not closed, but the layer output only zeros for 3 checks
+    facts = mlp_facts()
+    seq = [snap(10 * i, 0.7, zero_fraction={"1": 0.5, "3": 1.0 if i >= 2 else 0.9}) for i in range(8)]
+    alerts = run(DeadUnits(), seq + [snap(80, 0.7, dead_units={"3": 1.0}, zero_fraction={"3": 1.0})], facts)
+    assert [(a.layer, a.severity, a.step) for a in alerts] == [("3", "critical", 40)]  # once, window verdict agrees
+
+
+def test_trap_nearly_silent_or_briefly_silent_layers_are_not_dead():
+    facts = mlp_facts()
+    nearly = [snap(10 * i, 0.7, zero_fraction={"1": 0.999}) for i in range(20)]
+    brief = [snap(10 * i, 0.7, zero_fraction={"1": 1.0 if i % 3 else 0.95}) for i in range(20)]
+    assert run(DeadUnits(), nearly, facts) == [] and run(DeadUnits(), brief, facts) == []
+
+
 def test_dead_units_once_per_episode_escalates_and_names_layer():
     facts = mlp_facts()
     detector = DeadUnits()
@@ -182,13 +197,65 @@ def test_nonfinite_recovers_and_fires_again():
 
 
 # -- saturated_activation -----------------------------------------------------------------------------
-def test_saturation_needs_persistence_and_skips_output_activation():
+def saturation_facts() -> ModelFacts:
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1), nn.Sigmoid())
     facts = ModelFacts.from_model(model)
     facts.forward_order = ["0", "1", "2", "3", "4", "5"]
-    seq = [snap(10 * i, 1.0, saturation={"1": 0.95, "3": 0.6 if i != 1 else 0.1, "5": 0.99}) for i in range(5)]
-    alerts = run(SaturatedActivation(), seq, facts)
-    assert [(a.layer, a.severity, a.step) for a in alerts] == [("1", "critical", 20), ("3", "warning", 40)]
+    return facts
+
+
+def test_saturation_needs_persistence_and_skips_output_activation():
+    seq = [snap(10 * i, 1.0, saturation={"1": 0.95, "3": 0.6 if i != 1 else 0.1, "5": 0.99}) for i in range(7)]
+    alerts = run(SaturatedActivation(), seq, saturation_facts())
+    assert [(a.layer, a.severity, a.step) for a in alerts] == [("1", "critical", 40), ("3", "warning", 60)]
+
+
+def test_trap_saturation_a_third_of_outputs_while_loss_falls_is_flagged():
+    # 44% of a hidden sigmoid layer stuck at its extremes for 200 steps while Adam still lowers the
+    # loss: the layer trains at a fraction of its speed; a practitioner wants to hear about it.
+    seq = [snap(10 * i, 5.0 * 0.9 ** i, saturation={"1": 0.44, "3": 0.02}) for i in range(20)]
+    alerts = run(SaturatedActivation(), seq, saturation_facts())
+    assert [(a.layer, a.severity, a.step) for a in alerts] == [("1", "warning", 40)]
+
+
+def test_trap_healthy_or_transient_saturation_is_not_flagged():
+    # healthy tanh layers keep a few percent at the extremes; a short burst (4 checks) is transient
+    healthy = [snap(10 * i, 1.0, saturation={"1": 0.03, "3": 0.25}) for i in range(30)]
+    burst = [snap(10 * i, 1.0, saturation={"1": 0.7 if 3 <= i < 7 else 0.05}) for i in range(30)]
+    assert run(SaturatedActivation(), healthy + burst, saturation_facts()) == []
+
+
+class HandWrittenLSTM(nn.Module):
+    """An LSTM cell written with torch.sigmoid/torch.tanh gates, unrolled over 3 steps, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.Linear(8, 16)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = c = torch.zeros(x.shape[0], 4)
+        for _ in range(3):
+            i, f, g, o = self.cell(torch.cat([x, h], 1)).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return self.head(h)
+
+
+def test_trap_saturated_gates_of_a_hand_written_lstm_are_not_flagged():
+    from torchhealth.monitor import Monitor
+
+    model = HandWrittenLSTM()
+    monitor = Monitor(model, sample_every=1, check_every=1)
+    model(torch.randn(4, 4))
+    sites = [s for s in monitor.facts.activations if s.startswith("cell") or ":" in s]
+    assert len(sites) >= 5  # the function mode saw the gates
+    seq = [snap(10 * i, 1.0, saturation={s: 0.95 for s in sites}) for i in range(10)]
+    assert run(SaturatedActivation(), seq, monitor.facts) == []
+    monitor.close()
+    # the same shares in a plain tanh stack are flagged
+    assert run(SaturatedActivation(), [snap(10 * i, 1.0, saturation={"1": 0.95}) for i in range(10)],
+               saturation_facts())
 
 
 # -- loss_divergence / loss_plateau / overfitting -----------------------------------------------------
@@ -199,6 +266,21 @@ def test_divergence_on_rising_loss_and_not_on_late_bounce():
     assert [a.severity for a in alerts] == ["warning", "critical"]
     bounce = [snap(10 * i, v) for i, v in enumerate([2.3, 1.0, 0.3, 0.05, 0.01, 0.06, 0.01, 0.08])]
     assert run(LossDivergence(), bounce, facts) == []
+
+
+def test_trap_divergence_within_the_first_checks_is_measured_from_the_earliest_loss():
+    # Adam with lr far too high: the loss is already diverged on the 2nd and 3rd checks, so their
+    # median (8.5) would hide the rise; the starting level is the lowest early loss (0.72).
+    losses = [0.72, 8.5, 20.0, 9.0, 7.5, 8.1, 7.9, 8.3]
+    alerts = run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts())
+    assert alerts and alerts[0].step == 10 and alerts[0].evidence["start_loss"] == 0.72
+    assert alerts[0].severity == "critical"
+
+
+def test_trap_loss_that_starts_high_and_falls_is_not_divergence():
+    # huge init: the first loss is enormous and falls fast; noise on the way down is not a rise
+    losses = [400.0, 60.0, 9.0, 4.0, 4.4, 3.0, 3.3, 2.1, 2.4, 1.5]
+    assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
 
 
 def test_plateau_only_when_training_never_progressed():

@@ -6,6 +6,7 @@ import math
 
 from torchhealth.detectors.alert import Alert
 from torchhealth.detectors.base import Detector
+from torchhealth.detectors.trends import consecutive
 from torchhealth.facts import ModelFacts
 from torchhealth.snapshot import Snapshot
 
@@ -13,6 +14,8 @@ DEAD_SHARE = 0.5
 """Share of a site's units dead over a window that raises a warning."""
 CRITICAL_SHARE = 0.9
 RECOVERED_SHARE = 0.25
+SILENT_CHECKS = 3
+"""Consecutive check intervals in which a site output only zeros: every unit dead, before a window closes."""
 
 
 class DeadUnits(Detector):
@@ -20,13 +23,19 @@ class DeadUnits(Detector):
 
     A ReLU layer whose outputs are 70% zeros in every batch is healthy as long as every unit fires
     for some input; only units that fired for no sample of a window count as dead.
+
+    A window needs ``window_samples`` sampled inputs, which with small batches spans hundreds of
+    steps (1024 samples at batch 32, sampling every 10th step: 320 steps). A site that output
+    nothing but zeros for ``SILENT_CHECKS`` check intervals in a row is reported before its window
+    closes: no unit fired for any sampled input, which is death by the same per-unit definition
+    (and element sparsity short of 100% never triggers it).
     """
 
     kind = "dead_units"
     recover_after = 2
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
-        alerts = []
+        alerts = self._silent_sites(snapshot, facts)
         for site, share in snapshot.family("dead_units").items():
             if not math.isfinite(share):
                 continue
@@ -35,17 +44,34 @@ class DeadUnits(Detector):
                     self.episodes.healthy(site, snapshot.step)
                 continue
             severity = "critical" if share >= CRITICAL_SHARE else "warning"
-            evidence = {"dead_share": share, "window_samples": snapshot.window_samples, "layers": [site],
+            evidence = {"dead_share": share, "window_samples": snapshot.window_samples,
                         "zero_fraction": snapshot.family("zero_fraction").get(site)}
-            feeding = _feeding_layer(site, facts)
-            if feeding is not None and feeding in facts.bias_mean:
-                evidence["feeding_layer"] = feeding
-                evidence["preceding_bias_mean"] = facts.bias_mean[feeding]
-            alerts += self.episode(site, facts, step=snapshot.step, severity=severity,
-                layer=site, value=share, evidence=evidence,
-                message=(f"{share:.0%} of the units of `{site}` fired for none of the last "
-                         f"{snapshot.window_samples} samples"))
+            alerts += self._report(site, snapshot, facts, share, severity, evidence,
+                                   f"{share:.0%} of the units of `{site}` fired for none of the last "
+                                   f"{snapshot.window_samples} samples")
         return alerts
+
+    def _silent_sites(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
+        alerts = []
+        for site, zeros in snapshot.family("zero_fraction").items():
+            if facts.activations.get(site, "relu") != "relu" or not math.isfinite(zeros):
+                continue
+            silent = consecutive(self.remember(f"silent:{site}", float(zeros >= 1.0)))
+            if silent >= SILENT_CHECKS:
+                alerts += self._report(site, snapshot, facts, 1.0, "critical", {"silent_checks": silent, "zero_fraction": 1.0},
+                                       f"every output of `{site}` was 0 in the last {silent} check intervals: "
+                                       "no unit fired for any sampled input")
+        return alerts
+
+    def _report(self, site: str, snapshot: Snapshot, facts: ModelFacts, share: float, severity: str,
+                evidence: dict, message: str) -> list[Alert]:
+        evidence = {"dead_share": share, "layers": [site], **evidence}
+        feeding = _feeding_layer(site, facts)
+        if feeding is not None and feeding in facts.bias_mean:
+            evidence["feeding_layer"] = feeding
+            evidence["preceding_bias_mean"] = facts.bias_mean[feeding]
+        return self.episode(site, facts, step=snapshot.step, severity=severity, layer=site, value=share,
+                            evidence=evidence, message=message)
 
 
 def _feeding_layer(site: str, facts: ModelFacts) -> str | None:

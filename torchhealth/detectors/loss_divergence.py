@@ -5,18 +5,22 @@ from __future__ import annotations
 from torchhealth.detectors.alert import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
-from torchhealth.detectors.trends import median
 from torchhealth.facts import ModelFacts
 from torchhealth.snapshot import Snapshot
 
 RISE = 2.0
 """Loss above this multiple of its starting level (and still rising) is divergence."""
 CRITICAL_RISE = 10.0
+START_CHECKS = 3
+"""Checks whose lowest loss is the starting level."""
 
 
 class LossDivergence(Detector):
-    """Compares the loss with its starting level (median of the first 3 checks).
+    """Compares the loss with its starting level: the lowest of the first ``START_CHECKS`` checks.
 
+    The lowest early value, not their median: a loss that explodes within the first checks would
+    otherwise raise its own reference (0.7, 8.5, 20 -> median 8.5), while a loss that starts high and
+    falls (a healthy run) only lowers it, which cannot raise a false alarm on a run that keeps falling.
     Late-training bounces (0.01 -> 0.05) stay far below the starting level and are not divergence.
     """
 
@@ -26,7 +30,7 @@ class LossDivergence(Detector):
         if snapshot.loss is None:
             return []
         losses = self.remember("loss", snapshot.loss)
-        start = median(losses[:3])
+        start = min(losses[:START_CHECKS])
         if len(losses) < 2 or start <= 0:
             return []
         rise = snapshot.loss / start

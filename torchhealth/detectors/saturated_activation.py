@@ -10,18 +10,28 @@ from torchhealth.detectors.trends import consecutive
 from torchhealth.facts import ModelFacts
 from torchhealth.snapshot import Snapshot
 
-SATURATED_SHARE = 0.5
-"""Share of a site's outputs within 0.03 of the extremes that counts as saturated."""
+SATURATED_SHARE = 1 / 3
+"""Share of a hidden site's outputs at the extremes (|tanh| > 0.97, sigmoid within 0.03 of 0 or 1) that is saturated.
+
+Healthy hidden sigmoid/tanh layers keep a few percent of their outputs there (0-3% in every healthy
+benchmark run); a third means a third of the layer's gradient paths run at <= 6% (tanh) / <= 12%
+(sigmoid) of their full slope, check after check: the layer learns at a fraction of its speed even
+while the loss still falls, and the fixes (Xavier init, normalized inputs, ReLU) cost nothing.
+"""
 CRITICAL_SHARE = 0.9
-PERSIST = 3
-RECOVERED_SHARE = 0.3
+PERSIST = 5
+"""Consecutive checks (50 steps by default) the share must stay high: transient saturation is not flagged."""
+RECOVERED_SHARE = 0.2
 
 
 class SaturatedActivation(Detector):
     """Flags sigmoid/tanh sites whose outputs sit at the extremes for ``PERSIST`` checks.
 
-    The model's output activation (no weight layer after it in forward order, e.g. the sigmoid of a
-    binary classifier) is expected to saturate as predictions become confident and is skipped.
+    Two kinds of site are expected to saturate and are skipped: the model's output activation (no
+    weight layer after it in forward order, e.g. the sigmoid of a binary classifier), which saturates
+    as predictions become confident; and gates (a sigmoid/tanh that runs right next to another
+    activation with no weight layer in between, as the i/f/o gates and cell tanh of a hand-written
+    LSTM/GRU cell do), where a gate at 0 or 1 is how the cell forgets or keeps its state.
     """
 
     kind = "saturated_activation"
@@ -29,7 +39,7 @@ class SaturatedActivation(Detector):
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         alerts = []
         for site, share in snapshot.family("saturation").items():
-            if not math.isfinite(share) or _is_output(site, facts):
+            if not math.isfinite(share) or _is_output(site, facts) or _is_gate(site, facts):
                 continue
             flags = self.remember(f"high:{site}", float(share >= SATURATED_SHARE))
             if consecutive(flags) < PERSIST:
@@ -52,3 +62,17 @@ def _is_output(site: str, facts: ModelFacts) -> bool:
         return False
     weights = set(facts.weight_layers)
     return not any(layer in weights for layer in order[order.index(site) + 1:])
+
+
+def _is_gate(site: str, facts: ModelFacts) -> bool:
+    """True when the nearest weight layer/activation before or after ``site`` in forward order is an activation.
+
+    In a plain stack weight layers and activations alternate; activations side by side are gates
+    computed from the same pre-activations (chunks of one Linear) and combined by multiplication.
+    """
+    order = [name for name in facts.forward_order if name in facts.activations or name in set(facts.weight_layers)]
+    if site not in order:
+        return False
+    i = order.index(site)
+    neighbours = order[max(i - 1, 0):i] + order[i + 1:i + 2]
+    return any(name in facts.activations for name in neighbours)
