@@ -91,13 +91,16 @@ class ActivationCollector(Collector):
         wrap = self._guard.wrap
         self.handles: list[RemovableHandle] = [
             self.model.register_forward_pre_hook(wrap("activation hooks", self._on_model_start)),
-            self.model.register_forward_hook(wrap("activation hooks", self._on_model_end), always_call=True),
+            # not switched off with the other hooks: it must always leave the function mode and global hooks
+            self.model.register_forward_hook(wrap("activation cleanup", self._on_model_end), always_call=True),
         ]
         for module in self._hooked:
             self.handles.append(module.register_forward_hook(wrap("activation hooks", self._on_activation)))
 
     # -- hooks ---------------------------------------------------------------------------------
     def _on_model_start(self, module: nn.Module, args: Any) -> None:
+        if self._mode is not None or self._global_handles:
+            self._on_model_end(self.model, (), None)  # a forward interrupted by a BaseException left them
         self._calls.clear()
         if not self.sampling or not (self._discovering or (self._functional and self._has_functional())):
             return
@@ -112,12 +115,12 @@ class ActivationCollector(Collector):
             self._mode.__enter__()
 
     def _on_model_end(self, module: nn.Module, args: Any, output: Any) -> None:
+        handles, self._global_handles = self._global_handles, []
+        for handle in handles:
+            handle.remove()
         if self._mode is not None:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
-        for handle in self._global_handles:
-            handle.remove()
-        self._global_handles = []
         if self.sampling:
             self._discovering = False
 
@@ -231,11 +234,11 @@ class _FunctionalActivationMode(TorchFunctionMode):
 
     def __init__(self, collector: ActivationCollector) -> None:
         super().__init__()
-        self.collector = collector
+        self.on_functional = collector._guard.wrap("activation hooks", collector.on_functional)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         kind = FUNCTIONAL_ACTIVATIONS.get(func)
         if kind is not None:
-            self.collector.on_functional(kind, out)
+            self.on_functional(kind, out)
         return out
