@@ -22,17 +22,24 @@ def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
     if not tensors:
         return torch.zeros(0, device=device)
     out: list[torch.Tensor | None] = [None] * len(tensors)
-    groups: dict[torch.device, list[int]] = defaultdict(list)
+    groups: dict[tuple[torch.device, bool], list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
         if t.is_sparse:
             out[i] = t.coalesce().values().float().norm().to(device)
         else:
-            groups[t.device].append(i)
-    for dev, idx in groups.items():
-        norms = torch._foreach_norm([tensors[i] for i in idx], 2, dtype=torch.float32)
+            groups[t.device, t.dtype == torch.float64].append(i)
+    for (dev, wide), idx in groups.items():
+        # float64 cannot be narrowed by the norm kernel's dtype argument (a model.double() after attaching)
+        norms = torch._foreach_norm([tensors[i] for i in idx], 2, **({} if wide else {"dtype": torch.float32}))
         for i, n in zip(idx, norms):
+            n = n.float()
             out[i] = n if dev == device else n.to(device, non_blocking=True)
     return torch.stack(out).square()  # type: ignore[arg-type]
+
+
+def current_device(params: list[ParamEntry], default: torch.device) -> torch.device:
+    """Where the parameters are now: state follows a model moved (``model.to(...)``) after attaching."""
+    return params[0][2].device if params else default
 
 
 def local_tensor(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -89,12 +96,13 @@ class GradientCollector(Collector):
         self._present: list[bool] = []
 
     def state(self) -> State:
+        device = self.device = current_device(self.params, self.device)
         grads, self._present = [], []
         for _, _, p in self.params:
             g = p.grad
             self._present.append(g is not None)
-            grads.append(g if g is not None else torch.zeros((), device=self.device))
-        return sharded_state("sq", grads, self.device)
+            grads.append(g if g is not None else torch.zeros((), device=device))
+        return sharded_state("sq", grads, device)
 
     def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
         if not any(self._present):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from torchhealth.collectors.base import Collector, State, Summary
-from torchhealth.collectors.gradients import LayerSum, ParamEntry, combined, local_tensor, sharded_state
+from torchhealth.collectors.gradients import (LayerSum, ParamEntry, combined, current_device, local_tensor,
+                                              sharded_state)
 
 
 class WeightCollector(Collector):
@@ -34,10 +35,12 @@ class WeightCollector(Collector):
         if not self.params:
             return {}
         weights = self._weights()
+        self.device = current_device(self.params, self.device)
         state = sharded_state("w", weights, self.device)
         if self._before is not None:
             local = [local_tensor(w)[0] for w in weights]
-            if [t.shape for t in local] == [t.shape for t in self._before]:
+            # a model moved or cast between remembering and now: skip this one update measurement
+            if [(t.shape, t.device, t.dtype) for t in local] == [(t.shape, t.device, t.dtype) for t in self._before]:
                 diff = torch._foreach_sub(local, self._before)
                 state.update(sharded_state("dw", [_like(d, w) for d, w in zip(diff, weights)], self.device))
                 state.update(sharded_state("w0", [_like(b, w) for b, w in zip(self._before, weights)], self.device))
