@@ -81,9 +81,10 @@ def read_events(log_dir: str):
 
 def alert_texts(accumulator) -> list[str]:
     """The markdown of every alert written to TensorBoard's text tab."""
-    if "health/alerts" not in accumulator.Tags()["tensors"]:
+    tag = "health/alerts/text_summary"  # add_text appends the text plugin's suffix
+    if tag not in accumulator.Tags()["tensors"]:
         return []
-    return [e.tensor_proto.string_val[0].decode() for e in accumulator.Tensors("health/alerts")]
+    return [e.tensor_proto.string_val[0].decode() for e in accumulator.Tensors(tag)]
 
 
 class HighLossDetector(Detector):

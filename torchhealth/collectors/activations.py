@@ -158,15 +158,15 @@ class ActivationCollector(Collector):
         key = (name, min(call, MAX_SITES_PER_MODULE - 1))
         site = self.sites.get(key)
         x = output.detach()
+        axis = unit_axis(x.shape, channels_first=x.dim() == 3 and x.shape[1] in self.facts.conv1d_channels)
+        units = x.shape[axis] if axis is not None else 1
         if site is None:
             site_name = name if key[1] == 0 else f"{name}#{key[1]}"
-            axis = unit_axis(x.shape, channels_first=x.dim() == 3 and x.shape[1] in self.facts.conv1d_channels)
-            units = x.shape[axis] if axis is not None else 1
             site = self.sites[key] = Site(site_name, kind, units, axis, x.device, self.interval)
             self.facts.activations.setdefault(site_name, kind)
             self.facts.note_forward(site_name)
-        elif (x.shape[site.axis] if site.axis is not None else 1) != site.units:
-            return  # a capped site seeing another width: skip rather than mix units
+        elif (axis, units) != (site.axis, site.units):
+            return  # another layout (an unbatched call, a capped site of another width): skip, never mix units
         site.observe(x, self.offset)
 
     def _has_functional(self) -> bool:
