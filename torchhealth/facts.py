@@ -11,6 +11,9 @@ from torch import nn
 from torchhealth.layers import activation_kind, clean_name, unwrap
 
 NORM_MODULES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+RECURRENT_MODULES = (nn.RNNBase,)
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 @dataclass
@@ -24,6 +27,12 @@ class ModelFacts:
         conv1d_channels: Output channel counts of Conv1d layers (to tell (N, C, L) from (N, L, C)).
         normalization: Layers that normalise activations (BatchNorm, LayerNorm, GroupNorm, InstanceNorm).
         optimizer: The optimizer, if one was given.
+        weight_layers: Linear/Conv layers in definition order (the "depth" of a plain stack).
+        init_gain: ``{layer: std(W) * sqrt(fan_in)}`` of Linear/Conv weights at attach time
+            (about 0.58 for PyTorch's default init, 1.41 for Kaiming/He with ReLU).
+        bias_mean: ``{layer: mean bias}`` of Linear/Conv layers at attach time.
+        plain_stack: True when the model is built only from Sequential/ModuleList containers,
+            so it has no room for residual connections.
     """
 
     layer_types: dict[str, str] = field(default_factory=dict)
@@ -32,12 +41,18 @@ class ModelFacts:
     conv1d_channels: set[int] = field(default_factory=set)
     normalization: list[str] = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = None
+    weight_layers: list[str] = field(default_factory=list)
+    init_gain: dict[str, float] = field(default_factory=dict)
+    bias_mean: dict[str, float] = field(default_factory=dict)
+    plain_stack: bool = False
 
     @classmethod
     def from_model(cls, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> "ModelFacts":
         """Collects the facts that need no training step."""
         facts = cls(optimizer=optimizer)
-        for name, module in unwrap(model).named_modules():
+        model = unwrap(model)
+        facts.plain_stack = all(isinstance(m, CONTAINERS) for m in model.modules() if next(m.children(), None) is not None)
+        for name, module in model.named_modules():
             name = clean_name(name)
             facts.layer_types[name] = type(module).__name__
             kind = activation_kind(module)
@@ -47,11 +62,32 @@ class ModelFacts:
                 facts.conv1d_channels.add(module.out_channels)
             if isinstance(module, NORM_MODULES):
                 facts.normalization.append(name)
+            if isinstance(module, WEIGHT_LAYERS) and module.weight is not None and module.weight.dim() >= 2:
+                facts.weight_layers.append(name)
+                facts.init_gain[name] = _gain(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    facts.bias_mean[name] = _mean(module.bias)
         return facts
 
     def has(self, *class_names: str) -> bool:
         """True when any layer's class name is one of ``class_names``."""
         return any(t in class_names for t in self.layer_types.values())
+
+    def layers_of(self, *class_names: str) -> list[str]:
+        """Layers whose class name is one of ``class_names``, in definition order."""
+        return [name for name, t in self.layer_types.items() if t in class_names]
+
+    def weight_decay(self) -> float | None:
+        """The optimizer's weight decay (first param group), or None without an optimizer."""
+        if self.optimizer is None or not self.optimizer.param_groups:
+            return None
+        return float(self.optimizer.param_groups[0].get("weight_decay", 0.0) or 0.0)
+
+    def in_forward_order(self, layers: list[str]) -> list[str]:
+        """``layers`` sorted by forward order (definition order for layers never seen running)."""
+        position = {name: i for i, name in enumerate(self.forward_order)}
+        definition = {name: i for i, name in enumerate(self.layer_types)}
+        return sorted(layers, key=lambda n: (position.get(n, len(position)), definition.get(n.split(":")[0].split("#")[0], 0)))
 
     def learning_rate(self) -> float | None:
         """The optimizer's current learning rate (first param group), or None."""
@@ -68,3 +104,21 @@ class ModelFacts:
 
     def __post_init__(self) -> None:
         self._seen: set[str] = set(self.forward_order)
+
+
+def _gain(weight: torch.Tensor) -> float:
+    """``std(W) * sqrt(fan_in)``: the init scale in units that do not depend on the layer's width."""
+    return _measure(lambda w: float(w.std()) * w[0].numel() ** 0.5 if w.numel() > 1 else 0.0, weight)
+
+
+def _mean(tensor: torch.Tensor) -> float:
+    return _measure(lambda t: float(t.mean()), tensor)
+
+
+def _measure(fn: Any, tensor: torch.Tensor) -> float:
+    """Runs ``fn`` on a float copy of ``tensor`` once at attach; NaN where that cannot work."""
+    try:
+        with torch.no_grad():
+            return fn(tensor.detach().float())
+    except (RuntimeError, NotImplementedError):  # meta tensors, exotic shards: no init advice
+        return float("nan")

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
 
+from torchhealth.advice import suggest
 from torchhealth.detectors.alert import Alert
+from torchhealth.detectors.episodes import Episodes
 from torchhealth.facts import ModelFacts
 from torchhealth.snapshot import Snapshot
 
+SERIES_LIMIT = 200
+"""Checks of history a detector keeps per series (older values are dropped)."""
+
 
 class Detector:
-    """Base class of one problem kind's detector."""
+    """Base class of one problem kind's detector.
+
+    Subclasses keep their history in ``self.series`` (``{name: [float, ...]}``) and ``self.memory``
+    (plain values), and raise alerts through ``self.episodes`` so that one (kind, layer) episode
+    alerts once; ``state_dict`` then covers everything needed to resume.
+    """
 
     kind = "detector"
+    recover_after = 3
+
+    def __init__(self) -> None:
+        self.episodes = Episodes(self.recover_after)
+        self.series: dict[str, list[float]] = {}
+        self.memory: dict[str, Any] = {}
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         """Returns the alerts this snapshot raises, given the history seen so far."""
@@ -24,9 +41,35 @@ class Detector:
         """Returns alerts that need no training (run once when the monitor attaches)."""
         return []
 
+    # -- helpers for subclasses --------------------------------------------------------------------
+    def remember(self, name: str, value: float) -> list[float]:
+        """Appends ``value`` to series ``name`` (bounded) and returns the series."""
+        series = self.series.setdefault(name, [])
+        series.append(float(value))
+        del series[:-SERIES_LIMIT]
+        return series
+
+    def make_alert(self, facts: ModelFacts, *, layer: str | None, step: int, severity: str, value: float,
+                   message: str, evidence: dict[str, Any] | None = None) -> Alert:
+        """An alert of this detector's kind, with ranked suggestions from ``advice``."""
+        evidence = dict(evidence or {})
+        return Alert(kind=self.kind, layer=layer, step=step, severity=severity, value=float(value), message=message,
+                     suggestions=suggest(self.kind, facts, evidence), evidence=evidence)
+
+    def episode(self, key: str, facts: ModelFacts, *, step: int, severity: str, **alert: Any) -> list[Alert]:
+        """Reports the problem for episode ``key``; returns ``[alert]`` when one is due, else ``[]``."""
+        made = self.episodes.report(key, step, severity, lambda: self.make_alert(
+            facts, step=step, severity=severity, **alert))
+        return [made] if made else []
+
+    # -- checkpointing -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """History needed to resume detection after a checkpoint."""
-        return {}
+        """History needed to resume detection after a checkpoint (plain dicts, lists and numbers)."""
+        return {"episodes": self.episodes.state_dict(), "series": copy.deepcopy(self.series),
+                "memory": copy.deepcopy(self.memory)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores what ``state_dict`` returned."""
+        self.episodes.load_state_dict(state.get("episodes", {}))
+        self.series = copy.deepcopy(state.get("series", {}))
+        self.memory = copy.deepcopy(state.get("memory", {}))

@@ -1,0 +1,253 @@
+"""Every detector on hand-written snapshot sequences, including the traps named in issue 3."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from torchhealth.detectors import (DeadUnits, ExplodingGradient, LossDivergence, LossPlateau, NonFinite, Overfitting,
+                                   SaturatedActivation, StaticChecks, VanishingGradient, default_detectors)
+from torchhealth.facts import ModelFacts
+from torchhealth.options import MonitorOptions
+from torchhealth.snapshot import TOTAL, Snapshot
+
+
+def mlp_facts(depth: int = 4, activation=nn.ReLU, lr: float = 0.1) -> ModelFacts:
+    layers = []
+    for _ in range(depth - 1):
+        layers += [nn.Linear(8, 8), activation()]
+    model = nn.Sequential(*layers, nn.Linear(8, 2))
+    facts = ModelFacts.from_model(model, torch.optim.SGD(model.parameters(), lr=lr))
+    for name in facts.layer_types:
+        if name != "model":
+            facts.note_forward(name)
+    return facts
+
+
+def snap(step: int, loss: float | None = None, **families) -> Snapshot:
+    return Snapshot(step=step, stats={k: dict(v) for k, v in families.items()}, loss=loss)
+
+
+def run(detector, snapshots, facts):
+    return [a for s in snapshots for a in detector.check(s, facts)]
+
+
+# -- exploding_gradient -------------------------------------------------------------------------------
+def grad_sequence(norms, losses):
+    return [snap(10 * i, loss, grad_norm={TOTAL: n, "0": n / 2, "2": n / 2}) for i, (n, loss) in enumerate(zip(norms, losses))]
+
+
+def test_exploding_flags_geometric_growth_before_overflow():
+    facts = mlp_facts()
+    norms = [1.0 * 2 ** i for i in range(16)]  # doubles every check
+    losses = [2.0 + 0.5 * i for i in range(16)]
+    alerts = run(ExplodingGradient(), grad_sequence(norms, losses), facts)
+    assert [a.severity for a in alerts] == ["warning", "critical"]  # one episode, escalated once
+    assert alerts[0].step <= 60 and alerts[0].value < 100  # flagged long before float32 overflows
+    assert "Lower the learning rate from 0.1 to 0.01" in alerts[0].suggestions[0]
+
+
+def test_exploding_flags_sudden_jump_even_while_loss_falls():
+    norms = [1.0, 1.1, 0.9, 5e4]
+    alerts = run(ExplodingGradient(), grad_sequence(norms, [2, 1.9, 1.8, 1.7]), mlp_facts())
+    assert len(alerts) == 1 and alerts[0].severity == "critical"
+
+
+def test_trap_large_but_falling_norms_in_healthy_regression():
+    norms = [1e3 * 0.8 ** i for i in range(30)]
+    losses = [1e4 * 0.7 ** i for i in range(30)]
+    assert run(ExplodingGradient(), grad_sequence(norms, losses), mlp_facts()) == []
+
+
+def test_trap_late_training_bounce_is_not_explosion():
+    norms = [10, 8, 5, 2, 1] + [10 ** -(i / 4) for i in range(20)] + [0.5, 2.0, 0.3, 3.0]  # bounces 100x+ late
+    losses = [2, 1.5, 1, 0.5, 0.2] + [0.1 * 0.8 ** i for i in range(20)] + [0.02, 0.05, 0.01, 0.04]
+    assert run(ExplodingGradient(), grad_sequence(norms, losses), mlp_facts()) == []
+
+
+def test_trap_growth_while_loss_improves_is_not_explosion():
+    norms = [1e-4 * 3 ** i for i in range(10)]  # tiny-init model waking up
+    losses = [2.3 - 0.2 * i for i in range(10)]
+    assert run(ExplodingGradient(), grad_sequence(norms, losses), mlp_facts()) == []
+
+
+def test_trap_amp_skipped_steps_are_not_explosion():
+    detector, facts = ExplodingGradient(), mlp_facts()
+    seq = grad_sequence([1.0, 1.1, math.inf, 1.0], [2, 1.9, 1.9, 1.8])
+    seq[2].skipped_steps = 1
+    seq[2].nonfinite = {"grad:0": 20, "grad:2": 20}
+    assert run(detector, seq, facts) == []
+    assert run(NonFinite(), seq, facts) == []
+
+
+def test_exploding_names_fastest_growing_layer_and_recovers_then_relapses():
+    facts, detector = mlp_facts(), ExplodingGradient()
+    seq = [snap(10 * i, 2.0 + i, grad_norm={TOTAL: n, "0": 1.0, "2": n}) for i, n in
+           enumerate([1, 1, 50, 1, 1, 1, 60])]
+    alerts = run(detector, seq, facts)
+    assert [a.step for a in alerts] == [20, 60]
+    assert alerts[0].layer == "2"
+    assert detector.episodes.history[0]["recovered"] == 50 and alerts[1].evidence["relapse"] == 1
+
+
+# -- vanishing_gradient -------------------------------------------------------------------------------
+def layered(step, loss, lower, upper, mid=None):
+    mid = math.sqrt(lower * upper) if mid is None else mid
+    return snap(step, loss, grad_norm={"0": lower, "2": mid, "4": mid, "6": upper, TOTAL: upper})
+
+
+def test_vanishing_needs_persistence_and_stalled_loss():
+    facts = mlp_facts()
+    stalled = [layered(10 * i, 2.30, 1e-7, 0.1) for i in range(10)]
+    alerts = run(VanishingGradient(), stalled, facts)
+    assert len(alerts) == 1 and alerts[0].layer == "0" and alerts[0].step == 70
+    assert alerts[0].kind == "vanishing_gradient"
+
+
+def test_trap_one_quiet_step_is_not_vanishing():
+    facts = mlp_facts()
+    seq = [layered(10 * i, 2.3, 1e-7 if i % 4 == 0 else 0.05, 0.1) for i in range(20)]
+    assert run(VanishingGradient(), seq, facts) == []
+
+
+def test_trap_small_lower_gradients_while_training_progresses():
+    facts = mlp_facts()
+    seq = [layered(10 * i, 2.3 * 0.8 ** i, 1e-5, 0.1) for i in range(20)]
+    assert run(VanishingGradient(), seq, facts) == []
+
+
+def test_vanishing_uses_forward_order_not_definition_order():
+    facts = mlp_facts()
+    facts.forward_order = ["6", "5", "4", "3", "2", "1", "0"]  # the model runs its layers backwards
+    seq = [snap(10 * i, 2.3, grad_norm={"0": 0.1, "2": 0.01, "4": 1e-3, "6": 1e-8}) for i in range(10)]
+    alerts = run(VanishingGradient(), seq, facts)
+    assert alerts and alerts[0].layer == "6"
+
+
+# -- dead_units ---------------------------------------------------------------------------------------
+def test_trap_element_sparsity_is_not_death():
+    facts = mlp_facts()
+    seq = [snap(10 * i, 1.0, zero_fraction={"1": 0.8}, **({"dead_units": {"1": 0.0}} if i % 5 == 4 else {}))
+           for i in range(30)]
+    assert run(DeadUnits(), seq, facts) == []
+
+
+def test_dead_units_once_per_episode_escalates_and_names_layer():
+    facts = mlp_facts()
+    detector = DeadUnits()
+    seq = [snap(0, dead_units={"1": 0.6, "3": 0.1}), snap(10, dead_units={"1": 0.7}),
+           snap(20, dead_units={"1": 0.95})]
+    alerts = run(detector, seq, facts)
+    assert [(a.layer, a.severity) for a in alerts] == [("1", "warning"), ("1", "critical")]
+    assert "LeakyReLU" in alerts[0].suggestions[0] and "`1`" in alerts[0].suggestions[0]
+
+
+def test_dead_units_reports_negative_bias_of_feeding_layer():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    nn.init.constant_(model[0].bias, -3.0)
+    facts = ModelFacts.from_model(model)
+    facts.forward_order = ["0", "1", "2"]
+    alert = DeadUnits().check(snap(0, dead_units={"1": 1.0}), facts)[0]
+    assert alert.evidence["preceding_bias_mean"] == -3.0
+    assert any("bias" in s for s in alert.suggestions)
+
+
+# -- nonfinite ----------------------------------------------------------------------------------------
+def test_nonfinite_reports_root_of_cascade_once():
+    facts = mlp_facts()
+    facts.forward_order = ["0", "1", "2", "3", "4", "5", "6"]
+    cascade = {"activation:5": 13, "activation:3": 13, "activation:1": 14, "loss": 13, "grad:0": 20, "grad:6": 20}
+    detector = NonFinite()
+    alerts = run(detector, [snap(20, nonfinite=None)] if False else [Snapshot(20, nonfinite=cascade),
+                                                                    Snapshot(30, nonfinite={"loss": 21})], facts)
+    assert len(alerts) == 1
+    assert alerts[0].layer == "3" and alerts[0].step == 13 and alerts[0].severity == "critical"
+    assert alerts[0].evidence["root"] == "activation:3"
+
+
+def test_nonfinite_loss_root_suggests_safe_loss():
+    alerts = NonFinite().check(Snapshot(10, nonfinite={"loss": 4, "grad:0": 10}), mlp_facts())
+    assert alerts[0].layer is None and alerts[0].step == 4
+    assert "BCEWithLogitsLoss" in alerts[0].suggestions[0]
+
+
+def test_nonfinite_recovers_and_fires_again():
+    detector, facts = NonFinite(), mlp_facts()
+    seq = [Snapshot(0, nonfinite={"loss": 0}), Snapshot(10), Snapshot(20), Snapshot(30, nonfinite={"loss": 25})]
+    assert [a.step for a in run(detector, seq, facts)] == [0, 25]
+
+
+# -- saturated_activation -----------------------------------------------------------------------------
+def test_saturation_needs_persistence_and_skips_output_activation():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1), nn.Sigmoid())
+    facts = ModelFacts.from_model(model)
+    facts.forward_order = ["0", "1", "2", "3", "4", "5"]
+    seq = [snap(10 * i, 1.0, saturation={"1": 0.95, "3": 0.6 if i != 1 else 0.1, "5": 0.99}) for i in range(5)]
+    alerts = run(SaturatedActivation(), seq, facts)
+    assert [(a.layer, a.severity, a.step) for a in alerts] == [("1", "critical", 20), ("3", "warning", 40)]
+
+
+# -- loss_divergence / loss_plateau / overfitting -----------------------------------------------------
+def test_divergence_on_rising_loss_and_not_on_late_bounce():
+    facts = mlp_facts()
+    rising = [snap(10 * i, 2.3 * 1.5 ** i) for i in range(8)]
+    alerts = run(LossDivergence(), rising, facts)
+    assert [a.severity for a in alerts] == ["warning", "critical"]
+    bounce = [snap(10 * i, v) for i, v in enumerate([2.3, 1.0, 0.3, 0.05, 0.01, 0.06, 0.01, 0.08])]
+    assert run(LossDivergence(), bounce, facts) == []
+
+
+def test_plateau_only_when_training_never_progressed():
+    facts = mlp_facts()
+    assert run(LossPlateau(), [snap(10 * i, 2.30 + 0.001 * (i % 2)) for i in range(20)], facts)
+    converged = [snap(10 * i, max(2.3 * 0.6 ** i, 0.01)) for i in range(40)]
+    assert run(LossPlateau(), converged, facts) == []
+
+
+def test_overfitting_needs_val_rise_and_falling_train_loss():
+    facts = mlp_facts()
+    train = [2.0 * 0.8 ** i for i in range(12)]
+    val = [2.0, 1.6, 1.3, 1.1, 1.0, 1.05, 1.12, 1.2, 1.3, 1.4, 1.5, 1.6]
+    seq = [Snapshot(10 * i, loss=t, val_loss=v) for i, (t, v) in enumerate(zip(train, val))]
+    alerts = run(Overfitting(), seq, facts)
+    assert len(alerts) == 1 and alerts[0].step == 80 and alerts[0].evidence["best_val_step"] == 40
+    assert "Dropout(p=0.3)" in alerts[0].suggestions[0]
+    no_val = [Snapshot(10 * i, loss=t) for i, t in enumerate(train)]
+    assert run(Overfitting(), no_val, facts) == []
+    both_rise = [Snapshot(10 * i, loss=1.0 + 0.1 * i, val_loss=1.0 + 0.2 * i) for i in range(10)]
+    assert run(Overfitting(), both_rise, facts) == []
+
+
+# -- static checks ------------------------------------------------------------------------------------
+def test_static_checks_dropout_and_final_softmax():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(1.0), nn.Linear(8, 3), nn.Softmax(dim=1))
+    alerts = StaticChecks().static_check(model, ModelFacts.from_model(model))
+    assert {(a.kind, a.layer) for a in alerts} == {("suspicious_dropout", "2"), ("final_activation", "4")}
+    assert all(a.severity == "warning" for a in alerts)
+    healthy = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3))
+    assert StaticChecks().static_check(healthy, ModelFacts.from_model(healthy)) == []
+
+
+# -- state ----------------------------------------------------------------------------------------------
+def test_state_dict_is_plain_data_and_resumes_episodes():
+    facts = mlp_facts()
+    detectors = default_detectors(MonitorOptions())
+    seq = grad_sequence([1, 1, 1, 50, 60], [2, 2, 2, 3, 4])
+    for s in seq[:4]:
+        for d in detectors:
+            d.check(s, facts)
+    states = [json.loads(json.dumps(d.state_dict())) for d in detectors]  # JSON round trip: plain data
+    resumed = default_detectors(MonitorOptions())
+    for d, state in zip(resumed, states):
+        d.load_state_dict(state)
+    assert run(resumed[1], seq[4:], facts) == []  # episode still open after resume: no second alert
+    assert resumed[1].state_dict() != ExplodingGradient().state_dict()
+
+
+@pytest.mark.parametrize("detector", default_detectors(MonitorOptions()), ids=lambda d: type(d).__name__)
+def test_empty_snapshots_raise_nothing(detector):
+    assert run(detector, [Snapshot(10 * i) for i in range(30)], mlp_facts()) == []

@@ -1,0 +1,45 @@
+"""loss_plateau: training makes no progress from where it started."""
+
+from __future__ import annotations
+
+from torchhealth.detectors.alert import Alert
+from torchhealth.detectors.base import Detector
+from torchhealth.detectors.episodes import MODEL
+from torchhealth.detectors.trends import median, progress
+from torchhealth.facts import ModelFacts
+from torchhealth.snapshot import Snapshot
+
+WINDOW = 10
+"""Checks over which recent progress is measured (100 steps with the default check_every)."""
+MIN_RECENT = 0.01
+MIN_TOTAL = 0.1
+
+
+class LossPlateau(Detector):
+    """Flags a loss that moved less than 1% over ``WINDOW`` checks and less than 10% since the start.
+
+    A run that learned and then levelled off has converged (or plateaued at a level only the user can
+    judge); only a run that never got anywhere is flagged.
+    """
+
+    kind = "loss_plateau"
+
+    def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
+        if snapshot.loss is None:
+            return []
+        losses = self.remember("loss", snapshot.loss)
+        recent = progress(losses, WINDOW)
+        if recent is None:
+            return []
+        start = median(losses[:3])
+        total = (start - median(losses[-3:])) / max(abs(start), 1e-12)
+        if abs(recent) < MIN_RECENT and total < MIN_TOTAL:
+            ratios = snapshot.family("update_ratio")
+            evidence = {"recent_progress": recent, "total_progress": total, "start_loss": start,
+                        "loss": snapshot.loss, "update_ratio": median(list(ratios.values())) if ratios else None}
+            return self.episode(MODEL, facts, step=snapshot.step, severity="warning",
+                layer=None, value=snapshot.loss, evidence=evidence,
+                message=(f"training loss {snapshot.loss:.4g} moved {recent:+.1%} over the last {WINDOW} checks and "
+                         f"{total:+.1%} since the start ({start:.4g})"))
+        self.episodes.healthy(MODEL, snapshot.step)
+        return []

@@ -1,0 +1,65 @@
+"""vanishing_gradient: lower layers' gradients collapse relative to upper layers while training stalls."""
+
+from __future__ import annotations
+
+import math
+
+from torchhealth.detectors.alert import Alert
+from torchhealth.detectors.base import Detector
+from torchhealth.detectors.episodes import MODEL
+from torchhealth.detectors.trends import consecutive, stalled
+from torchhealth.facts import ModelFacts
+from torchhealth.snapshot import TOTAL, Snapshot
+
+RATIO = 1e-3
+"""Lower-layer / upper-layer gradient norm below this counts as vanished."""
+CRITICAL_RATIO = 1e-6
+PERSIST = 5
+"""Consecutive checks the ratio must stay low (one quiet step is not vanishing)."""
+STALL_WINDOW = 5
+MIN_LAYERS = 3
+
+
+class VanishingGradient(Detector):
+    """Compares the gradient norms of the lowest and highest third of weight layers (forward order).
+
+    Alerts when the lower/upper ratio stays below ``RATIO`` for ``PERSIST`` checks and the loss
+    moved less than 5% over the last ``STALL_WINDOW`` checks.
+    """
+
+    kind = "vanishing_gradient"
+
+    def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
+        norms = {k: v for k, v in snapshot.family("grad_norm").items() if k != TOTAL}
+        if snapshot.loss is not None:
+            self.remember("loss", snapshot.loss)
+        layers = [layer for layer in facts.weight_layers if layer in norms]
+        if len(layers) < MIN_LAYERS:
+            layers = list(norms)
+        if len(layers) < MIN_LAYERS or not all(math.isfinite(norms[layer]) for layer in layers):
+            return []
+        layers = facts.in_forward_order(layers)
+        third = max(1, len(layers) // 3)
+        lower, upper = layers[:third], layers[-third:]
+        low = _geomean([norms[layer] for layer in lower])
+        high = _geomean([norms[layer] for layer in upper])
+        ratio = low / high if high > 0 else 1.0
+        low_flags = self.remember("low", float(ratio < RATIO))
+        if consecutive(low_flags) >= PERSIST and stalled(self.series.get("loss", []), STALL_WINDOW):
+            severity = "critical" if ratio < CRITICAL_RATIO else "warning"
+            evidence = {"ratio": ratio, "lower_norm": low, "upper_norm": high, "lower_layers": lower,
+                        "upper_layers": upper, "layers": lower, "checks_low": consecutive(low_flags)}
+            return self.episode(MODEL, facts, step=snapshot.step, severity=severity,
+                layer=lower[0], value=ratio, evidence=evidence,
+                message=(f"gradient norm of the lower layers ({low:.3g}, from `{lower[0]}`) is {ratio:.2g} of the "
+                         f"upper layers' ({high:.3g}, up to `{upper[-1]}`) for {consecutive(low_flags)} checks "
+                         f"while the loss stalls"))
+        if ratio >= RATIO:
+            self.episodes.healthy(MODEL, snapshot.step)
+        return []
+
+
+def _geomean(values: list[float]) -> float:
+    if any(v <= 0 for v in values):
+        return 0.0
+    return math.exp(sum(math.log(v) for v in values) / len(values))

@@ -1,0 +1,516 @@
+"""Reproducible small training runs, healthy and faulty, for demos, tests and the detection benchmark.
+
+Every scenario trains a randomly initialised model on data that ships with scikit-learn (digits,
+diabetes, ``make_*``) or on a synthetic sequence task, so nothing is downloaded. ``build(seed)``
+returns a ``Run`` (model, optimizer, endless batches, loss function); ``run_scenario`` trains it with
+a plain loop under a Monitor and returns what the monitor said.
+
+Scenarios marked ``heldout`` were written after the detector thresholds were fixed and never used to
+choose them (other architectures, widths, seeds and learning rates than the development set).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchhealth.detectors.alert import Alert
+
+NONFINITE_PATIENCE = 3
+"""A run stops after this many consecutive non-finite losses (nothing more can be learned)."""
+
+
+@dataclass
+class Run:
+    """One training setup.
+
+    Attributes:
+        model: The randomly initialised model.
+        optimizer: Its optimizer.
+        batches: Endless iterator of batches (tuples handed to ``loss_fn``).
+        loss_fn: ``loss_fn(model, batch) -> scalar loss tensor`` (runs the forward pass).
+        scaler: Optional ``torch.amp.GradScaler``.
+        validate: Optional ``validate(model) -> float`` validation loss, reported every ``val_every`` steps.
+        val_every: Steps between validation reports.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Iterator[tuple]
+    loss_fn: Callable[[nn.Module, tuple], torch.Tensor]
+    scaler: Any = None
+    validate: Callable[[nn.Module], float] | None = None
+    val_every: int = 10
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named training run with the alert kinds it must raise (``()`` for healthy runs)."""
+
+    name: str
+    description: str
+    expected: tuple[str, ...]
+    steps: int
+    build: Callable[[int], Run]
+    heldout: bool = False
+
+
+@dataclass
+class ScenarioResult:
+    """What happened when a scenario ran under a Monitor."""
+
+    scenario: Scenario
+    alerts: list[Alert]
+    first_nonfinite_step: int | None
+    steps_run: int
+    monitor: Any = field(repr=False, default=None)
+
+    @property
+    def kinds(self) -> list[str]:
+        """Alert kinds raised, in order of first appearance."""
+        return list(dict.fromkeys(a.kind for a in self.alerts))
+
+    def first_step(self, kind: str) -> int | None:
+        """Step of the first alert of ``kind`` (None if it never fired)."""
+        return next((a.step for a in self.alerts if a.kind == kind), None)
+
+
+def run_scenario(scenario: Scenario, *, steps: int | None = None, seed: int = 0, log_dir: str | os.PathLike | None = None,
+                 on_step: Callable[[int, float, list[Alert]], None] | None = None, **monitor_options: Any) -> ScenarioResult:
+    """Trains ``scenario`` under a Monitor with a plain loop and returns its alerts.
+
+    The loop is ``loss.backward(); monitor.step(loss); optimizer.step(); optimizer.zero_grad()``
+    (through the GradScaler when the run has one). It stops early at the first check step after the
+    loss has been non-finite for ``NONFINITE_PATIENCE`` consecutive steps.
+
+    Args:
+        scenario: What to train.
+        steps: Steps to train (default: ``scenario.steps``).
+        seed: Seeds model init and batch order.
+        log_dir: Passed to the Monitor (TensorBoard files and alerts.jsonl).
+        on_step: Called as ``on_step(step, loss, new_alerts)`` after every step.
+        **monitor_options: Monitor options (defaults when omitted).
+    """
+    from torchhealth.monitor import Monitor
+
+    torch.manual_seed(seed)
+    run = scenario.build(seed)
+    monitor = Monitor(run.model, run.optimizer, log_dir=log_dir, **monitor_options)
+    first_nonfinite, bad_streak, step = None, 0, 0
+    total = scenario.steps if steps is None else steps
+    try:
+        for step in range(total):
+            run.model.train()
+            loss = run.loss_fn(run.model, next(run.batches))
+            (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+            val = None
+            if run.validate is not None and step % run.val_every == 0:
+                run.model.eval()
+                with torch.no_grad():
+                    val = run.validate(run.model)
+            new = monitor.step(loss, val_loss=val)
+            if run.scaler is not None:
+                run.scaler.step(run.optimizer)
+                run.scaler.update()
+            else:
+                run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            if on_step is not None:
+                on_step(step, value, new)
+            if math.isfinite(value):
+                bad_streak = 0
+            else:
+                first_nonfinite = step if first_nonfinite is None else first_nonfinite
+                bad_streak += 1
+                if bad_streak >= NONFINITE_PATIENCE and step % monitor.options.check_every == 0:
+                    break  # stop only right after a check, so the monitor has seen the non-finite steps
+    finally:
+        monitor.close()
+    return ScenarioResult(scenario, list(monitor.alerts), first_nonfinite, step + 1, monitor)
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def _standardize(x):
+    x = torch.as_tensor(x, dtype=torch.float32)
+    return (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+
+
+def digits(images: bool = False, limit: int | None = None):
+    """scikit-learn's 8x8 digits (1797 samples, 10 classes), standardized."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = _standardize(data.data)
+    if images:
+        x = x.reshape(-1, 1, 8, 8)
+    y = torch.as_tensor(data.target, dtype=torch.long)
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def diabetes(scale_targets: bool = False):
+    """scikit-learn's diabetes regression (442 samples, targets 25..346 unless scaled)."""
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes()
+    y = torch.as_tensor(data.target, dtype=torch.float32).unsqueeze(1)
+    return _standardize(data.data), (y - y.mean()) / y.std() if scale_targets else y
+
+
+def blobs(seed: int, n: int = 1000, features: int = 16, classes: int = 4, spread: float = 1.0):
+    """``make_classification``-style Gaussian blobs, standardized."""
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(n_samples=n, n_features=features, centers=classes, cluster_std=spread, random_state=seed)
+    return _standardize(x), torch.as_tensor(y, dtype=torch.long)
+
+
+def regression(seed: int, n: int = 1000, features: int = 10, scale: float = 1.0, noise: float = 0.0):
+    """``make_regression`` with targets of the given scale."""
+    from sklearn.datasets import make_regression
+
+    x, y = make_regression(n_samples=n, n_features=features, noise=noise, random_state=seed)
+    y = torch.as_tensor(y, dtype=torch.float32).unsqueeze(1)
+    return _standardize(x), y / y.std() * scale
+
+
+def sequences(seed: int, n: int = 1024, length: int = 12, vocab: int = 8, task: str = "recall"):
+    """Synthetic sequence classification.
+
+    ``task="recall"``: is the first token's id among the last three tokens? ``task="count"``: does
+    token 0 occur more often than token 1?
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (n, length), generator=g)
+    if task == "count":
+        return x, ((x == 0).sum(1) > (x == 1).sum(1)).long()
+    return x, (x[:, :1] == x[:, -3:]).any(1).long()
+
+
+def sequence_sums(seed: int, n: int = 1024, length: int = 20, features: int = 4):
+    """Synthetic sequence regression: the running mean of noisy inputs' first feature."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, length, features, generator=g)
+    return x, x[:, :, 0].mean(1, keepdim=True) * 3
+
+
+def batches(x, y, size: int, seed: int) -> Iterator[tuple]:
+    """Endless shuffled minibatches of ``(x, y)``."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(x)
+    while True:
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n - size + 1, size):
+            idx = order[i:i + size]
+            yield x[idx], y[idx]
+
+
+# -- models --------------------------------------------------------------------------------------------
+def mlp(sizes: list[int], activation: Callable[[], nn.Module] = nn.ReLU, init_std: float | None = None,
+        bias: float | None = None) -> nn.Sequential:
+    """Linear layers with ``activation`` between them; optional N(0, init_std) weights and constant biases."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        linear = nn.Linear(a, b)
+        if init_std is not None:
+            nn.init.normal_(linear.weight, std=init_std)
+        if bias is not None and i < len(sizes) - 2:
+            nn.init.constant_(linear.bias, bias)
+        layers.append(linear)
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU(inplace) x2 on 8x8 images, then a linear classifier."""
+
+    def __init__(self, width: int = 16, batchnorm: bool = True, conv_bias: float | None = None,
+                 init_gain: float | None = None) -> None:
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), norm(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1), norm(2 * width), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(2))
+        self.head = nn.Linear(8 * width, 10)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if init_gain is not None:
+                    nn.init.normal_(m.weight, std=init_gain / m.weight[0].numel() ** 0.5)
+                if conv_bias is not None and isinstance(m, nn.Conv2d):
+                    nn.init.constant_(m.bias, conv_bias)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+class FunctionalMLP(nn.Module):
+    """An MLP that calls ``F.relu``/``torch.tanh`` in ``forward`` (invisible to module hooks)."""
+
+    def __init__(self, sizes: list[int], activation: Callable = F.relu) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.activation = activation
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        return self.layers[-1](x)
+
+
+class SequenceClassifier(nn.Module):
+    """Embedding -> RNN/LSTM/GRU -> linear head on the last hidden state."""
+
+    def __init__(self, cell: str = "LSTM", vocab: int = 8, hidden: int = 32, classes: int = 2, **rnn_kwargs) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.rnn = getattr(nn, cell)(hidden, hidden, batch_first=True, **rnn_kwargs)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.embed(x) if x.dtype == torch.long else x)
+        return self.head(out[:, -1])
+
+
+class SequenceRegressor(SequenceClassifier):
+    """A recurrent regressor over float sequences."""
+
+    def __init__(self, cell: str = "RNN", features: int = 4, hidden: int = 32, **rnn_kwargs) -> None:
+        nn.Module.__init__(self)
+        self.rnn = getattr(nn, cell)(features, hidden, batch_first=True, **rnn_kwargs)
+        self.head = nn.Linear(hidden, 1)
+
+
+class TinyTransformer(nn.Module):
+    """Token embedding + learned positions -> TransformerEncoder -> mean-pooled linear head."""
+
+    def __init__(self, vocab: int = 8, length: int = 12, width: int = 32, layers: int = 2, heads: int = 4,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.randn(length, width) * 0.02)
+        block = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, activation=activation)
+        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x) + self.position).mean(1))
+
+
+# -- losses ---------------------------------------------------------------------------------------------
+def cross_entropy(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def mse(model, batch):
+    x, y = batch
+    return F.mse_loss(model(x), y)
+
+
+def handmade_bce(model, batch):
+    """The classic bug: BCE written by hand on sigmoid outputs; 0 * log(0) = NaN once p rounds to 1."""
+    x, y = batch
+    p = torch.sigmoid(model(x)).squeeze(1)
+    y = y.float()
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+
+def log_mse(model, batch):
+    """MSE between log-predictions and log-targets: NaN as soon as a prediction goes negative."""
+    x, y = batch
+    return F.mse_loss(torch.log(model(x)), torch.log(y))
+
+
+def _validation(x, y, loss=F.cross_entropy):
+    return lambda model: float(loss(model(x), y))
+
+
+# -- scenarios -------------------------------------------------------------------------------------------
+def _classify(model, data, opt, lr, batch=64, seed=0, loss=cross_entropy, **opt_kwargs) -> Run:
+    x, y = data
+    return Run(model, opt(model.parameters(), lr=lr, **opt_kwargs), batches(x, y, batch, seed), loss)
+
+
+SGD, ADAM, ADAMW = torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW
+
+
+def _overfit(seed: int, width: int, lr: float) -> Run:
+    x, y = digits()
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=g)
+    train, val = order[:64], order[600:1100]
+    model = mlp([64, width, width, 10])
+    run = _classify(model, (x[train], y[train]), ADAM, lr, batch=32, seed=seed)
+    run.validate = _validation(x[val], y[val])
+    return run
+
+
+def _with_validation(seed: int) -> Run:
+    x, y = digits()
+    run = _classify(mlp([64, 64, 10]), (x[:1400], y[:1400]), SGD, 0.05, seed=seed, momentum=0.9)
+    run.validate = _validation(x[1400:], y[1400:])
+    return run
+
+
+def _sparse_but_alive(seed: int) -> Run:
+    """First ReLU outputs are mostly zero (bias pushed down) yet every unit fires for some inputs."""
+    model = mlp([64, 128, 64, 10])
+    with torch.no_grad():
+        model[0].bias.fill_(-1.2)
+    return _classify(model, digits(), SGD, 0.02, seed=seed, momentum=0.9)
+
+
+def _nan_loss(seed: int) -> Run:
+    x, y = blobs(seed, features=8, classes=2, spread=0.5)
+    return _classify(mlp([8, 32, 1]), (x * 4, y), SGD, 2.0, seed=seed, loss=handmade_bce)
+
+
+def _log_loss(seed: int) -> Run:
+    x, y = regression(seed, features=8)
+    y = y.abs() + 0.1
+    return _classify(FunctionalMLP([8, 32, 32, 1]), (x, y), SGD, 0.05, seed=seed, loss=log_mse)
+
+
+def _softmax_head(seed: int) -> Run:
+    return _classify(nn.Sequential(*mlp([64, 64, 10]), nn.Softmax(dim=1)), digits(), SGD, 0.1, seed=seed)
+
+
+def _dropout_one(seed: int) -> Run:
+    return _classify(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(1.0), nn.Linear(64, 10)),
+                     digits(), ADAM, 1e-3, seed=seed)
+
+
+def _sequence_run(model, seed, opt, lr, **opt_kwargs) -> Run:
+    return _classify(model, sequences(seed), opt, lr, seed=seed, **opt_kwargs)
+
+
+def _recurrent_explosion(seed: int, hidden: int, gain: float, lr: float, length: int = 20) -> Run:
+    model = SequenceRegressor("RNN", hidden=hidden, nonlinearity="relu")
+    with torch.no_grad():
+        nn.init.orthogonal_(model.rnn.weight_hh_l0, gain=gain)
+    x, y = sequence_sums(seed, length=length)
+    return _classify(model, (x, y), SGD, lr, seed=seed, loss=mse)
+
+
+def _scenario(name, description, expected, steps, build, heldout=False) -> Scenario:
+    return Scenario(name, description, tuple(expected), steps, build, heldout)
+
+
+DEV = [
+    # healthy
+    _scenario("healthy", "ReLU MLP on digits, Adam 1e-3", (), 300,
+              lambda s: _classify(mlp([64, 64, 64, 10]), digits(), ADAM, 1e-3, seed=s)),
+    _scenario("healthy_cnn_bn", "Conv-BatchNorm-ReLU(inplace) CNN on digits, SGD+momentum", (), 200,
+              lambda s: _classify(SmallCNN(), digits(images=True), SGD, 0.05, seed=s, momentum=0.9)),
+    _scenario("healthy_regression_big_targets", "MLP regression on raw diabetes targets (scale 100), Adam 1e-2", (), 300,
+              lambda s: _classify(mlp([10, 64, 64, 1]), diabetes(), ADAM, 1e-2, seed=s, loss=mse)),
+    _scenario("healthy_late_bounce", "Noise-free regression trained to ~0 loss (norms shrink, then bounce)", (), 600,
+              lambda s: _classify(mlp([10, 32, 32, 1]), regression(s), ADAM, 1e-2, seed=s, loss=mse)),
+    _scenario("healthy_lstm", "LSTM sequence classifier, Adam", (), 200,
+              lambda s: _sequence_run(SequenceClassifier("LSTM"), s, ADAM, 3e-3)),
+    _scenario("healthy_transformer", "2-layer transformer encoder counting tokens, AdamW 1e-3", (), 150,
+              lambda s: _classify(TinyTransformer(), sequences(s, task="count"), ADAMW, 1e-3, seed=s)),
+    _scenario("healthy_functional_relu", "MLP calling F.relu in forward, SGD", (), 300,
+              lambda s: _classify(FunctionalMLP([64, 64, 64, 10]), digits(), SGD, 0.05, seed=s)),
+    _scenario("healthy_sparse_relu", "ReLU layer ~80% zeros per batch but every unit alive", (), 300, _sparse_but_alive),
+    _scenario("healthy_sigmoid_shallow", "One-hidden-layer sigmoid MLP on blobs, SGD 0.5", (), 300,
+              lambda s: _classify(mlp([16, 32, 4], nn.Sigmoid), blobs(s), SGD, 0.5, seed=s)),
+    _scenario("healthy_validation", "ReLU MLP with validation loss on held-out digits", (), 300, _with_validation),
+    # faulty
+    _scenario("vanishing", "10-layer sigmoid stack on digits, SGD", ("vanishing_gradient",), 300,
+              lambda s: _classify(mlp([64] + [64] * 9 + [10], nn.Sigmoid), digits(), SGD, 0.1, seed=s)),
+    _scenario("tiny_init", "6-layer ReLU MLP with N(0, 1e-3) weights", ("vanishing_gradient",), 300,
+              lambda s: _classify(mlp([64] + [64] * 5 + [10], init_std=1e-3), digits(), SGD, 0.05, seed=s)),
+    _scenario("exploding", "Regression MLP on diabetes, SGD with lr far too high (2.0)", ("exploding_gradient",), 100,
+              lambda s: _classify(mlp([10, 64, 64, 1]), diabetes(scale_targets=True), SGD, 2.0, seed=s, loss=mse)),
+    _scenario("lr_above_stability", "Linear regression, SGD lr just above 2/L", ("exploding_gradient", "loss_divergence"), 300,
+              lambda s: _classify(nn.Linear(10, 1), diabetes(scale_targets=True), SGD, 1.1, seed=s, batch=442, loss=mse)),
+    _scenario("huge_init", "4-layer regression MLP with weights 2x Kaiming, SGD 0.01", ("exploding_gradient",), 100,
+              lambda s: _classify(mlp([10, 64, 64, 64, 1], init_std=2 * (2 / 64) ** 0.5), diabetes(scale_targets=True),
+                                  SGD, 0.01, seed=s, loss=mse)),
+    _scenario("recurrent_explosion", "ReLU RNN, recurrent gain 1.2, 40-step sequences, SGD 0.1", ("exploding_gradient",),
+              200, lambda s: _recurrent_explosion(s, 32, 1.2, 0.1, length=40)),
+    _scenario("dead_units", "ReLU MLP whose hidden biases start at -3", ("dead_units",), 200,
+              lambda s: _classify(mlp([64, 64, 64, 10], bias=-3.0), digits(), SGD, 0.05, seed=s)),
+    _scenario("dead_relu_high_lr", "ReLU MLP, SGD lr 3.0 kills units", ("dead_units",), 400,
+              lambda s: _classify(mlp([64, 64, 64, 10]), digits(), SGD, 3.0, seed=s)),
+    _scenario("nonfinite", "Hand-written BCE on sigmoid outputs: 0*log(0)=NaN", ("nonfinite",), 300, _nan_loss),
+    _scenario("saturated_tanh", "tanh MLP with weights 5x Xavier", ("saturated_activation",), 200,
+              lambda s: _classify(mlp([64, 64, 64, 10], nn.Tanh, init_std=5 / 8), digits(), SGD, 0.01, seed=s)),
+    _scenario("overfitting", "Wide MLP on 64 training digits, validation on 500 others", ("overfitting",), 400,
+              lambda s: _overfit(s, 256, 3e-3)),
+    _scenario("lr_far_too_low", "ReLU MLP, SGD lr 1e-6: nothing moves", ("loss_plateau",), 200,
+              lambda s: _classify(mlp([64, 64, 10]), digits(), SGD, 1e-6, seed=s)),
+    _scenario("softmax_before_ce", "Softmax on the output before CrossEntropyLoss", ("final_activation",), 50, _softmax_head),
+    _scenario("dropout_one", "Dropout(p=1.0) in the model", ("suspicious_dropout",), 50, _dropout_one),
+]
+
+HELDOUT = [
+    _scenario("h_healthy_mlp_sgd_wide", "Wide ReLU MLP, SGD+momentum 0.02, seed 7", (), 300,
+              lambda s: _classify(mlp([64, 256, 10]), digits(), SGD, 0.02, seed=s + 7, momentum=0.9), True),
+    _scenario("h_healthy_cnn_adamw", "CNN without BatchNorm, AdamW 2e-3", (), 200,
+              lambda s: _classify(SmallCNN(width=8, batchnorm=False), digits(images=True), ADAMW, 2e-3, seed=s), True),
+    _scenario("h_healthy_gru", "GRU sequence classifier, Adam 5e-3", (), 200,
+              lambda s: _sequence_run(SequenceClassifier("GRU", hidden=24), s, ADAM, 5e-3), True),
+    _scenario("h_healthy_transformer_gelu", "3-layer GELU transformer, width 48, AdamW 5e-4", (), 120,
+              lambda s: _sequence_run(TinyTransformer(width=48, layers=3, activation="gelu"), s, ADAMW, 5e-4), True),
+    _scenario("h_healthy_regression_scale_1000", "MLP regression on targets of scale 1000, SGD 1e-3", (), 300,
+              lambda s: _classify(mlp([10, 48, 1]), regression(s + 3, scale=1000.0, noise=1.0), SGD, 1e-4, seed=s, loss=mse), True),
+    _scenario("h_healthy_functional_tanh", "Functional tanh MLP on blobs, Adam", (), 300,
+              lambda s: _classify(FunctionalMLP([16, 48, 48, 4], torch.tanh), blobs(s + 1), ADAM, 2e-3, seed=s), True),
+    _scenario("h_healthy_rnn_regression", "Tanh RNN regression, SGD 0.05", (), 300,
+              lambda s: _classify(SequenceRegressor("RNN", hidden=16), sequence_sums(s), SGD, 0.05, seed=s, loss=mse), True),
+    _scenario("h_healthy_deep_bn", "8-layer ReLU MLP with BatchNorm, SGD 0.1", (), 300,
+              lambda s: _classify(nn.Sequential(*[m for i in range(7) for m in (nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU())],
+                                                nn.Linear(64, 10)), digits(), SGD, 0.1, seed=s), True),
+    _scenario("h_healthy_adam_converges", "Small MLP on easy blobs trained to ~0 loss, Adam 1e-2", (), 500,
+              lambda s: _classify(mlp([16, 32, 4]), blobs(s + 2, spread=0.5), ADAM, 1e-2, seed=s), True),
+    _scenario("h_healthy_validation_cnn", "CNN with validation reports", (), 200,
+              lambda s: _cnn_with_validation(s), True),
+    # faulty
+    _scenario("h_vanishing_tanh_deep", "14-layer tanh stack, width 32, N(0, 0.05) init, SGD+momentum", ("vanishing_gradient",), 300,
+              lambda s: _classify(mlp([64] + [32] * 13 + [10], nn.Tanh, init_std=0.05), digits(), SGD, 0.05, seed=s,
+                                  momentum=0.9), True),
+    _scenario("h_tiny_init_cnn", "CNN without BatchNorm, conv/linear weights 1e-3 of Kaiming", ("vanishing_gradient",), 200,
+              lambda s: _classify(SmallCNN(width=8, batchnorm=False, init_gain=1e-3), digits(images=True), SGD, 0.05,
+                                  seed=s), True),
+    _scenario("h_lr_far_too_high_adam", "Transformer, Adam lr 1.0", ("exploding_gradient",), 150,
+              lambda s: _sequence_run(TinyTransformer(), s, ADAM, 1.0), True),
+    _scenario("h_lr_above_stability_mlp", "Regression MLP, SGD lr 0.3 on scale-1 targets", ("exploding_gradient",), 300,
+              lambda s: _classify(mlp([10, 32, 1]), regression(s + 5, scale=10.0), SGD, 0.3, seed=s, batch=128, loss=mse),
+              True),
+    _scenario("h_huge_init_cnn", "CNN without BatchNorm, weights 8x Kaiming, SGD", ("exploding_gradient",), 200,
+              lambda s: _classify(SmallCNN(width=8, batchnorm=False, init_gain=8 * 2 ** 0.5), digits(images=True), SGD,
+                                  0.01, seed=s), True),
+    _scenario("h_recurrent_explosion_long", "ReLU RNN, recurrent gain 1.15, 40-step sequences, hidden 48",
+              ("exploding_gradient",), 200, lambda s: _recurrent_explosion(s + 11, 48, 1.15, 0.003, length=40), True),
+    _scenario("h_dead_units_cnn_bias", "CNN without BatchNorm, conv biases -4", ("dead_units",), 200,
+              lambda s: _classify(SmallCNN(width=8, batchnorm=False, conv_bias=-4.0), digits(images=True), SGD, 0.05,
+                                  seed=s), True),
+    _scenario("h_dead_relu_functional_sgd", "Functional-ReLU MLP, SGD lr 2.0 kills units", ("dead_units",), 300,
+              lambda s: _classify(FunctionalMLP([64, 96, 96, 10]), digits(), SGD, 2.0, seed=s + 4), True),
+    _scenario("h_nan_log_loss", "MSE of log-predictions: log of a negative prediction", ("nonfinite",), 200, _log_loss, True),
+    _scenario("h_saturated_sigmoid", "Sigmoid MLP with weights 6x Xavier, Adam", ("saturated_activation",), 200,
+              lambda s: _classify(mlp([64, 48, 48, 10], nn.Sigmoid, init_std=6 / 8), digits(), ADAM, 1e-3, seed=s), True),
+    _scenario("h_overfitting_narrow", "MLP width 128 on 64 digits, AdamW wd=0, seed 5", ("overfitting",), 400,
+              lambda s: _overfit(s + 5, 128, 5e-3), True),
+]
+
+
+def _cnn_with_validation(seed: int) -> Run:
+    x, y = digits(images=True)
+    run = _classify(SmallCNN(width=8), (x[:1400], y[:1400]), ADAM, 2e-3, seed=seed)
+    run.validate = _validation(x[1400:], y[1400:])
+    return run
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in DEV + HELDOUT}
+DEMO_SCENARIOS = ("healthy", "vanishing", "exploding", "dead_units", "nonfinite")
