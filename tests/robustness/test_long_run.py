@@ -17,6 +17,15 @@ from torchhealth import Monitor
 STEPS = 10_000
 
 
+def elements(value) -> int:
+    """How many entries a nested structure of dicts and lists holds."""
+    if isinstance(value, dict):
+        return len(value) + sum(elements(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return len(value) + sum(elements(v) for v in value)
+    return 0
+
+
 def state_sizes(monitor: Monitor) -> dict[str, int]:
     """Every container a monitor could grow, with its size."""
     tensors = [t for c in monitor.collectors.values() for t in vars(c).values() if isinstance(t, torch.Tensor)]
@@ -29,7 +38,7 @@ def state_sizes(monitor: Monitor) -> dict[str, int]:
         "forward order": len(monitor.facts.forward_order),
         "activations": len(monitor.facts.activations),
         "disabled parts": len(monitor.guard.disabled),
-        "detector state": sum(len(repr(d.state_dict())) for d in monitor.detectors),
+        "detector state": sum(elements(d.state_dict()) for d in monitor.detectors),
     }
 
 

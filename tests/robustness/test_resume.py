@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -128,3 +129,29 @@ def test_load_rejects_what_state_dict_did_not_write(bad):
     with pytest.raises(ValueError, match=r"expects what Monitor\.state_dict\(\) returned"):
         monitor.load_state_dict(bad)
     monitor.close()
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_real_detector_episode_survives_resume(tmp_path, resume):
+    """The default detectors: a non-finite loss that lasts across the checkpoint is reported once."""
+    def steps(monitor, model, count, nan_from):
+        for _ in range(count):
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            loss.backward()
+            monitor.step(loss * math.nan if monitor.step_count >= nan_from else loss)
+            model.zero_grad()
+
+    model = Net()
+    first = Monitor(model, log_dir=tmp_path, check_every=5)
+    steps(first, model, 30, nan_from=20)
+    assert [(a.kind, a.step) for a in first.alerts] == [("nonfinite", 20)]
+    state = checkpoint_roundtrip(first.state_dict())
+    first.close()
+
+    second = Monitor(model, log_dir=tmp_path, check_every=5)
+    if resume:
+        second.load_state_dict(state)
+    steps(second, model, 30, nan_from=0)
+    second.close()
+    kinds = [a["kind"] for a in read_alerts(tmp_path)]
+    assert kinds == (["nonfinite"] if resume else ["nonfinite", "nonfinite"])
