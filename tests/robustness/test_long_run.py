@@ -74,6 +74,7 @@ def test_ten_thousand_steps_constant_memory_bounded_events(tmp_path):
     monitor.close()
 
     assert sizes[4_000] == sizes[STEPS - 1]
+    assert len(monitor.alerts) <= 2, f"a healthy 10,000-step run raised {[str(a) for a in monitor.alerts]}"
     # a leak of one object per check would add 600; torch's lazy caches add a few dozen once
     grown = {kind: n for kind, n in (objects[STEPS - 1] - objects[4_000]).items() if n > 100}
     assert not grown, f"live Python objects grew over 6,000 steps (600 checks): {grown}"
