@@ -179,9 +179,8 @@ class Monitor:
         if self._closed:
             return
         self._closed = True
-        raise_on_critical, self._raise_on_critical = self._raise_on_critical, False
-        self._deliver(self._static_alerts)  # a monitor closed before its first step still reports them
-        self._static_alerts, self._raise_on_critical = [], raise_on_critical
+        static, self._static_alerts = self._static_alerts, []
+        self._deliver(static, may_raise=False)  # a monitor closed before its first step still reports them
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.close)
         for sink in self.metric_sinks + self.alert_sinks:
@@ -222,14 +221,14 @@ class Monitor:
         return [a for d in self.detectors
                 for a in self.guard.call(f"detector {d.kind}", d.check, snapshot, self.facts, default=[])]
 
-    def _deliver(self, alerts: list[Alert]) -> None:
+    def _deliver(self, alerts: list[Alert], *, may_raise: bool = True) -> None:
         if not alerts:
             return
         self.alerts.extend(alerts)
         del self.alerts[:-MAX_ALERT_HISTORY]
         for sink in self.alert_sinks:
             self.guard.call(f"sink {sink.name}", sink.write_alerts, alerts)
-        if self._raise_on_critical:
+        if self._raise_on_critical and may_raise:
             critical = [a for a in alerts if a.severity == "critical"]
             if critical:
                 raise TrainingHealthError(critical[0])
