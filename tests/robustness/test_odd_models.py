@@ -259,3 +259,23 @@ def test_model_moved_between_devices_after_attaching(start, end):
         optimizer.zero_grad()
     assert "update_ratio" in monitor.last_snapshot.stats
     monitor.close()
+
+
+def test_evaluation_under_inference_mode_before_and_between_training_steps():
+    """Sites first created by an eval under inference_mode() must stay updatable by training forwards."""
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = strict_monitor(model, optimizer)
+    with torch.inference_mode():
+        model(torch.randn(2, 4))
+    train(monitor, model, optimizer, steps=3)
+    with torch.inference_mode():
+        model(torch.randn(2, 4))
+    monitor.step()  # closes the interval that counted the eval forward
+    x = torch.randn(8, 4)
+    loss = model(x).pow(2).mean()
+    loss.backward()
+    monitor.step(loss)
+    expected = (model.act(model.fc1(x)) == 0).float().mean().item()
+    assert monitor.last_snapshot.stats["zero_fraction"]["act"] == pytest.approx(expected)
+    monitor.close()

@@ -41,17 +41,21 @@ class Site:
 
     def __init__(self, name: str, kind: str, units: int, axis: int | None, device: torch.device, interval: int):
         self.name, self.kind, self.units, self.axis = name, kind, units, axis
-        self.fires = torch.zeros(units, device=device)  # per-unit count of positive outputs, this window
-        self.off = torch.zeros((), device=device)  # zero (ReLU) or saturated outputs, this interval
+        # normal tensors even when the first call comes from an eval under torch.inference_mode():
+        # inference tensors could never be updated in place by the training forwards that follow
+        with torch.inference_mode(False):
+            self.fires = torch.zeros(units, device=device)  # per-unit count of positive outputs, this window
+            self.off = torch.zeros((), device=device)  # zero (ReLU) or saturated outputs, this interval
+            self.flags = StepFlags(interval, device)
         self.numel = 0  # outputs seen this interval (host-side: shapes are known without a sync)
-        self.flags = StepFlags(interval, device)
         self.window_samples = 0
 
     def observe(self, x: torch.Tensor, offset: int) -> None:
         """Adds one output tensor's statistics. No host synchronization."""
         if x.device != self.fires.device:
-            self.fires, self.off = self.fires.to(x.device), self.off.to(x.device)
-            self.flags.flags = self.flags.flags.to(x.device)
+            with torch.inference_mode(False):
+                self.fires, self.off = self.fires.to(x.device), self.off.to(x.device)
+                self.flags.flags = self.flags.flags.to(x.device)
         dims = tuple(d for d in range(x.dim()) if d != self.axis)
         per_unit_sum = x.sum(dim=dims, dtype=torch.float32) if self.axis is not None else x.sum(dtype=torch.float32)
         self.flags.mark(offset, ~torch.isfinite(per_unit_sum).all())

@@ -53,8 +53,9 @@ class LossCollector(Collector):
         """Moves the running state to where losses arrive (a model moved after attaching), once."""
         if device != self._sum.device:
             self.device = device
-            self._sum, self._val = self._sum.to(device), self._val.to(device)
-            self.flags.flags = self.flags.flags.to(device)
+            with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
+                self._sum, self._val = self._sum.to(device), self._val.to(device)
+                self.flags.flags = self.flags.flags.to(device)
 
     def state(self) -> State:
         state: State = {}
