@@ -279,3 +279,27 @@ def test_evaluation_under_inference_mode_before_and_between_training_steps():
     expected = (model.act(model.fc1(x)) == 0).float().mean().item()
     assert monitor.last_snapshot.stats["zero_fraction"]["act"] == pytest.approx(expected)
     monitor.close()
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_counts_each_forward_once(reentrant):
+    """Recomputation during backward re-runs activation modules: not a second call site."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block, self.head = nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.head(checkpoint(self.block, x, use_reentrant=reentrant))
+
+    model = Checkpointed()
+    monitor = strict_monitor(model)
+    x = torch.randn(8, 4, requires_grad=reentrant)
+    loss = model(x).sum()
+    loss.backward()
+    monitor.step(loss)
+    expected = (model.block(x) == 0).float().mean().item()
+    assert monitor.last_snapshot.stats["zero_fraction"] == {"block.1": pytest.approx(expected)}
+    monitor.close()

@@ -140,7 +140,7 @@ class ActivationCollector(Collector):
             self._stack.pop()
 
     def _on_activation(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self.sampling:
+        if not self.sampling or _recomputing():
             return
         name = self._names[module]
         self._observe(name, activation_kind(module), output)  # type: ignore[arg-type]
@@ -231,6 +231,11 @@ class ActivationCollector(Collector):
         for handle in self.handles + self._global_handles:
             handle.remove()
         self.handles, self._global_handles = [], []
+
+
+def _recomputing() -> bool:
+    """True inside backward: activation checkpointing re-running a forward, already seen once."""
+    return torch._C._current_graph_task_id() != -1
 
 
 class _FunctionalActivationMode(TorchFunctionMode):
