@@ -66,8 +66,11 @@ class TensorBoardSink(Sink):
             writer.add_scalar(f"{TAG_PREFIX}/val_loss", snapshot.val_loss, snapshot.step)
 
     def write_alerts(self, alerts: list[Alert]) -> None:
+        from tensorboard.plugins.text.summary_v2 import text_pb
+
+        # TensorBoard's own text summary keeps the tag exactly (add_text would append "/text_summary").
         for alert in alerts:
-            self.writer.add_text(ALERTS_TAG, alert.to_markdown(), alert.step)
+            self.writer._get_file_writer().add_summary(text_pb(ALERTS_TAG, alert.to_markdown()), alert.step)
         if any(a.severity == "critical" for a in alerts):
             self.writer.flush()
 

@@ -1,0 +1,207 @@
+"""Activation statistics against naive references: zero fraction, per-unit activity, saturation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def run(monitor, model, *inputs, steps=1):
+    for _ in range(steps):
+        out = model(*inputs)
+        out = out[0] if isinstance(out, tuple) else out
+        loss = out.float().pow(2).mean()
+        loss.backward()
+        monitor.step(loss)
+        model.zero_grad()
+    return monitor.last_snapshot
+
+
+def test_linear_relu_zero_fraction_and_dead_units(strict_monitor):
+    lin = nn.Linear(6, 8)
+    with torch.no_grad():
+        lin.bias[:3] = -100.0  # units 0..2 never fire
+    model = nn.Sequential(lin, nn.ReLU())
+    monitor = strict_monitor(model, window_samples=16)
+    x = torch.randn(16, 6)
+    snap = run(monitor, model, x)
+    ref = torch.relu(lin(x))
+    assert snap.stats["zero_fraction"]["1"] == pytest.approx(float((ref == 0).float().mean()))
+    dead_ref = float(((ref > 0).sum(0) == 0).float().mean())
+    assert dead_ref >= 3 / 8
+    assert snap.stats["dead_units"]["1"] == pytest.approx(dead_ref)
+    assert snap.window_samples == 16
+
+
+def test_sparse_but_alive_units_are_not_dead(strict_monitor):
+    """Each unit fires for exactly one sample in eight: 87.5% zeros, no dead unit."""
+    model = nn.Sequential(nn.Identity(), nn.ReLU())
+    monitor = strict_monitor(model, window_samples=64)
+    x = -torch.ones(64, 8)
+    x[torch.arange(64), torch.arange(64) % 8] = 1.0
+    snap = run(monitor, model, x.requires_grad_())
+    assert snap.stats["zero_fraction"]["1"] == pytest.approx(7 / 8)
+    assert snap.stats["dead_units"]["1"] == 0.0
+
+
+def test_dead_units_wait_for_a_full_window(strict_monitor):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    monitor = strict_monitor(model, window_samples=20)
+    x = torch.randn(8, 4)
+    assert "dead_units" not in run(monitor, model, x).stats  # 8 samples
+    assert "dead_units" not in run(monitor, model, x).stats  # 16
+    assert "dead_units" in run(monitor, model, x).stats      # 24 >= 20, window closes
+    assert "dead_units" not in run(monitor, model, x).stats  # new window
+
+
+def test_conv_units_are_channels(strict_monitor):
+    conv = nn.Conv2d(2, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.bias[1] = -1e3  # channel 1 dead
+    model = nn.Sequential(conv, nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+    with torch.no_grad():
+        model[1].bias[1] = -1e3
+    monitor = strict_monitor(model, window_samples=4)
+    x = torch.randn(4, 2, 5, 5)
+    snap = run(monitor, model, x)
+    assert snap.stats["dead_units"]["2"] == pytest.approx(1 / 4)
+
+
+def test_sequence_units_are_last_axis(strict_monitor):
+    lin = nn.Linear(5, 6)
+    with torch.no_grad():
+        lin.bias[:2] = -1e3
+        lin.bias[2:] = 1e3
+    model = nn.Sequential(lin, nn.ReLU())
+    monitor = strict_monitor(model, window_samples=8)
+    snap = run(monitor, model, torch.randn(2, 4, 5))  # (N, L, C): 8 rows
+    assert snap.stats["dead_units"]["1"] == pytest.approx(2 / 6)
+
+
+def test_inplace_relu_sees_the_rectified_output(strict_monitor):
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(inplace=True), nn.Linear(16, 2))
+    monitor = strict_monitor(model)
+    x = torch.randn(32, 4)
+    snap = run(monitor, model, x)
+    ref = torch.relu(model[0](x))
+    assert snap.stats["zero_fraction"]["1"] == pytest.approx(float((ref == 0).float().mean()))
+
+
+def test_module_called_several_times_gets_a_site_per_call(strict_monitor):
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.b(self.act(self.a(x))))
+
+    model = Shared()
+    monitor = strict_monitor(model)
+    x = torch.randn(10, 4)
+    snap = run(monitor, model, x)
+    first = torch.relu(model.a(x))
+    second = torch.relu(model.b(first))
+    assert snap.stats["zero_fraction"]["act"] == pytest.approx(float((first == 0).float().mean()))
+    assert snap.stats["zero_fraction"]["act#1"] == pytest.approx(float((second == 0).float().mean()))
+    assert monitor.facts.forward_order.index("act") < monitor.facts.forward_order.index("act#1")
+
+
+def test_functional_relu_is_named_after_its_module(strict_monitor):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 8)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(F.relu(self.block(x) - 0.5))
+
+    model = Net()
+    monitor = strict_monitor(model)
+    x = torch.randn(12, 4)
+    snap = run(monitor, model, x, steps=2)
+    inner = torch.relu(model.block.fc(x))
+    outer = F.relu(inner - 0.5)
+    assert snap.stats["zero_fraction"]["block:relu"] == pytest.approx(float((inner == 0).float().mean()))
+    assert snap.stats["zero_fraction"]["model:relu"] == pytest.approx(float((outer == 0).float().mean()))
+
+
+def test_nn_relu_is_not_counted_twice_by_the_functional_mode(strict_monitor):
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = nn.Linear(3, 3), nn.ReLU()
+
+        def forward(self, x):
+            return F.relu(self.act(self.fc(x)))
+
+    monitor = strict_monitor(Mixed())
+    snap = run(monitor, monitor.model, torch.randn(4, 3), steps=2)
+    assert set(snap.stats["zero_fraction"]) == {"act", "model:relu"}
+
+
+def test_saturation_of_sigmoid_and_tanh(strict_monitor):
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 6), nn.Sigmoid())
+    with torch.no_grad():
+        model[0].weight.mul_(10)
+    monitor = strict_monitor(model)
+    x = torch.randn(20, 3)
+    snap = run(monitor, model, x)
+    t = torch.tanh(model[0](x))
+    s = torch.sigmoid(model[2](t))
+    assert snap.stats["saturation"]["1"] == pytest.approx(float((t.abs() > 0.97).float().mean()))
+    assert snap.stats["saturation"]["3"] == pytest.approx(float(((s - 0.5).abs() > 0.47).float().mean()))
+
+
+def test_nonfinite_activation_names_the_site(strict_monitor):
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.Tanh())
+    monitor = strict_monitor(model)
+    with torch.no_grad():
+        model[2].weight.fill_(float("inf"))
+    snap = run(monitor, model, torch.ones(3, 2))
+    assert "activation:3" in snap.nonfinite
+    assert snap.nonfinite["activation:3"] == 0
+
+
+def test_model_without_activations(strict_monitor):
+    model = nn.Linear(3, 1)
+    monitor = strict_monitor(model)
+    snap = run(monitor, model, torch.randn(4, 3), steps=2)
+    assert "zero_fraction" not in snap.stats and "grad_norm" in snap.stats
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "transformer"])
+def test_recurrent_and_transformer_models(strict_monitor, kind):
+    if kind == "transformer":
+        model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+    else:
+        model = (nn.LSTM if kind == "lstm" else nn.GRU)(8 if kind != "transformer" else 16, 16, batch_first=True)
+    monitor = strict_monitor(model)
+    x = torch.randn(3, 5, 16 if kind == "transformer" else 8)
+    snap = run(monitor, model, x, steps=2)
+    assert snap.stats["grad_norm"]["total"] > 0
+    if kind == "transformer":  # TransformerEncoderLayer applies F.relu inside its forward
+        assert any(name.endswith(":relu") for name in snap.stats["zero_fraction"])
+
+
+def test_unsampled_forwards_are_not_observed(strict_monitor):
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    monitor = strict_monitor(model, sample_every=3, check_every=1, log_every=1)
+    seen = []
+    for step in range(6):
+        snap = run(monitor, model, torch.randn(2, 3))
+        seen.append("zero_fraction" in snap.stats)
+    # forwards of steps 0 and 3 are sampled (step 0 always is)
+    assert seen == [True, False, False, True, False, False]

@@ -1,0 +1,134 @@
+"""Gradient norms, weight norms and update ratios against naive references computed here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchhealth.snapshot import TOTAL
+
+
+def naive_layer_norms(model, attr):
+    """sqrt(sum of squares) of ``attr`` ('grad' or 'data') per owning module, the slow way."""
+    sums = {}
+    for name, p in model.named_parameters():
+        t = getattr(p, attr)
+        if not p.requires_grad or t is None:
+            continue
+        layer = name.rsplit(".", 1)[0]
+        sums[layer] = sums.get(layer, 0.0) + float((t.double() ** 2).sum())
+    return {k: math.sqrt(v) for k, v in sums.items()}
+
+
+def test_gradient_norms_match_reference(strict_monitor):
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    monitor = strict_monitor(model)
+    loss = F.cross_entropy(model(torch.randn(4, 5)), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    monitor.step(loss)
+    snap = monitor.last_snapshot
+    expected = naive_layer_norms(model, "grad")
+    for layer, value in expected.items():
+        assert snap.stats["grad_norm"][layer] == pytest.approx(value, rel=1e-5)
+    total = math.sqrt(sum(v * v for v in expected.values()))
+    assert snap.stats["grad_norm"][TOTAL] == pytest.approx(total, rel=1e-5)
+    for name, p in model.named_parameters():
+        assert snap.stats["param_grad_norm"][name] == pytest.approx(float(p.grad.norm()), rel=1e-5)
+    assert snap.loss == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_frozen_and_gradless_parameters_are_left_out(strict_monitor):
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 4)
+            self.used = nn.Linear(4, 2)
+            self.unused = nn.Linear(4, 2)
+            self.frozen = nn.Linear(4, 4)
+            self.frozen.requires_grad_(False)
+
+        def forward(self, x):
+            return self.used(self.body(self.frozen(x)))
+
+    model = TwoHeads()
+    monitor = strict_monitor(model)
+    out = model(torch.randn(3, 4)).sum()
+    out.backward()
+    monitor.step(out)
+    grads = monitor.last_snapshot.stats["grad_norm"]
+    assert set(grads) == {"body", "used", TOTAL}
+
+
+def test_sparse_gradients(strict_monitor):
+    emb = nn.Embedding(10, 3, sparse=True)
+    monitor = strict_monitor(emb)
+    idx = torch.tensor([1, 1, 4])
+    emb(idx).sum().backward()
+    monitor.step()
+    dense = emb.weight.grad.to_dense()
+    assert monitor.last_snapshot.stats["grad_norm"][TOTAL] == pytest.approx(float(dense.norm()), rel=1e-5)
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam])
+def test_update_ratio_is_measured(strict_monitor, opt_cls):
+    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2))
+    opt = opt_cls(model.parameters(), lr=0.01)
+    monitor = strict_monitor(model, opt, check_every=2, log_every=2)
+    for step in range(5):
+        if step == 3:  # the step before the check at step 4: remember weights ourselves too
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        loss = model(torch.randn(8, 6)).pow(2).mean()
+        loss.backward()
+        if step == 4:
+            after = {n: p.detach().clone() for n, p in model.named_parameters()}
+        monitor.step(loss)
+        opt.step()
+        opt.zero_grad()
+    ratios = monitor.last_snapshot.stats["update_ratio"]
+    for layer in ("0", "2"):
+        num = sum(float(((after[f"{layer}.{k}"] - before[f"{layer}.{k}"]) ** 2).sum()) for k in ("weight", "bias"))
+        den = sum(float((before[f"{layer}.{k}"] ** 2).sum()) for k in ("weight", "bias"))
+        assert ratios[layer] == pytest.approx(math.sqrt(num / den), rel=1e-4)
+    weights = monitor.last_snapshot.stats["weight_norm"]
+    for layer in ("0", "2"):  # read at the check, before that step's optimizer update
+        assert weights[layer] == pytest.approx(
+            math.sqrt(sum(float((after[f"{layer}.{k}"] ** 2).sum()) for k in ("weight", "bias"))), rel=1e-5)
+
+
+def test_nonfinite_gradient_is_reported_with_layer_and_step(strict_monitor):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    monitor = strict_monitor(model)
+    for step in range(3):
+        out = model(torch.randn(2, 3)).sum()
+        out.backward()
+        if step == 2:
+            model[1].weight.grad[0, 0] = float("nan")
+        monitor.step(out)
+        model.zero_grad()
+    snap = monitor.last_snapshot
+    assert snap.nonfinite == {"grad:1": 2}
+    assert math.isnan(snap.stats["grad_norm"]["1"])
+
+
+def test_nonfinite_loss_reports_first_step_of_interval(strict_monitor):
+    model = nn.Linear(2, 1)
+    monitor = strict_monitor(model, check_every=5, log_every=5)
+    for step in range(10):
+        out = model(torch.randn(2, 2)).sum()
+        loss = out * float("inf") if step in (7, 8) else out
+        out.backward()
+        monitor.step(loss)
+        model.zero_grad()
+        if step == 4:
+            assert monitor.last_snapshot.nonfinite == {}
+    # the check at step 5 covered steps 1..5; the one at 10 has not run yet: run it
+    out = model(torch.randn(2, 2)).sum()
+    out.backward()
+    monitor.step(out)
+    assert monitor.last_snapshot.step == 10
+    assert monitor.last_snapshot.nonfinite == {"loss": 7}
+    assert monitor.last_snapshot.loss is not None and math.isfinite(monitor.last_snapshot.loss)

@@ -1,0 +1,165 @@
+"""The Monitor's public contract: two-line use, alert delivery policies, clean close."""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchhealth
+from torchhealth import Alert, TrainingHealthError, TrainingHealthWarning
+from torchhealth.detectors import Detector
+
+
+class Fires(Detector):
+    """Test detector raising one alert of the given severity at each check."""
+
+    kind = "test_kind"
+
+    def __init__(self, severity):
+        self.severity = severity
+
+    def check(self, snapshot, facts):
+        return [Alert(self.kind, None, snapshot.step, self.severity, 1.0, "boom", ["fix it"])]
+
+
+def net():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+
+
+def one_step(model, monitor):
+    loss = F.cross_entropy(model(torch.randn(2, 1, 6, 6)), torch.tensor([0, 1]))
+    loss.backward()
+    out = monitor.step(loss)
+    model.zero_grad()
+    return out
+
+
+def all_hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_alert_record_fields():
+    alert = Alert("dead_units", "features.3", 40, "critical", 0.8, "msg", ["use LeakyReLU"])
+    assert (alert.kind, alert.layer, alert.step, alert.severity, alert.value) == ("dead_units", "features.3", 40, "critical", 0.8)
+    with pytest.raises(ValueError, match="severity"):
+        Alert("x", None, 0, "fatal", 0.0, "m")
+
+
+def test_step_returns_new_alerts_and_keeps_history():
+    model = net()
+    monitor = torchhealth.Monitor(model, check_every=2, log_every=2, on_alert=lambda a: None)
+    monitor.detectors.append(Fires("warning"))
+    got = [one_step(model, monitor) for _ in range(4)]
+    assert [len(g) for g in got] == [1, 0, 1, 0]
+    assert [a.step for a in monitor.alerts] == [0, 2]
+    monitor.close()
+
+
+def test_log_policy_uses_the_torchhealth_logger(caplog):
+    model = net()
+    monitor = torchhealth.Monitor(model, check_every=1)
+    monitor.detectors.append(Fires("critical"))
+    with caplog.at_level(logging.WARNING, logger="torchhealth"):
+        one_step(model, monitor)
+    assert any(r.name == "torchhealth" and r.levelno == logging.ERROR and "boom" in r.getMessage() for r in caplog.records)
+
+
+def test_warn_policy():
+    model = net()
+    monitor = torchhealth.Monitor(model, check_every=1, on_alert="warn")
+    monitor.detectors.append(Fires("warning"))
+    with pytest.warns(TrainingHealthWarning, match="boom"):
+        one_step(model, monitor)
+
+
+def test_raise_policy_raises_only_on_critical():
+    model = net()
+    monitor = torchhealth.Monitor(model, check_every=1, on_alert="raise")
+    monitor.detectors.append(Fires("warning"))
+    one_step(model, monitor)  # warnings do not stop training
+    monitor.detectors[-1] = Fires("critical")
+    with pytest.raises(TrainingHealthError) as info:
+        one_step(model, monitor)
+    assert info.value.alert.kind == "test_kind"
+    assert monitor.alerts[-1].severity == "critical"
+
+
+def test_callable_and_list_policies():
+    seen = []
+    model = net()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor = torchhealth.Monitor(model, check_every=1, on_alert=[seen.append, "warn"])
+        monitor.detectors.append(Fires("warning"))
+        one_step(model, monitor)
+    assert len(seen) == 1 and isinstance(seen[0], Alert)
+    assert any(issubclass(w.category, TrainingHealthWarning) for w in caught)
+
+
+@pytest.mark.parametrize("bad", ["print", 3, [], ["log", "shout"]])
+def test_invalid_on_alert_names_the_option(bad):
+    with pytest.raises(ValueError, match="on_alert"):
+        torchhealth.Monitor(net(), on_alert=bad)
+
+
+def test_close_removes_every_hook_and_model_still_saves(tmp_path):
+    model = net()
+    before = all_hooks(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    monitor = torchhealth.Monitor(model, log_dir=tmp_path, check_every=1, sample_every=1)
+    assert all_hooks(model) > before
+    for _ in range(3):
+        one_step(model, monitor)
+    monitor.close()
+    monitor.close()  # safe twice
+    assert all_hooks(model) == before
+    assert set(model.state_dict()) == set(state)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    pickle.loads(pickle.dumps(model))
+    with pytest.raises(RuntimeError, match="after close"):
+        monitor.step()
+
+
+def test_close_removes_functional_tracking():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return F.relu(self.fc(x))
+
+    model = Functional()
+    with torchhealth.Monitor(model, check_every=1, sample_every=1) as monitor:
+        for _ in range(2):
+            model(torch.randn(2, 3)).sum().backward()
+            monitor.step()
+    assert all_hooks(model) == 0
+    assert not torch.nn.modules.module._global_forward_hooks
+    assert not torch.nn.modules.module._global_forward_pre_hooks
+    assert not torch.overrides._get_current_function_mode_stack()
+
+
+def test_context_manager_closes_on_exception(tmp_path):
+    model = net()
+    with pytest.raises(KeyError):
+        with torchhealth.Monitor(model, log_dir=tmp_path, check_every=1) as monitor:
+            one_step(model, monitor)
+            raise KeyError("training failed")
+    assert all_hooks(model) == 0
+    assert any(p.name.startswith("events") for p in tmp_path.iterdir())
+
+
+def test_works_without_loss_and_before_any_backward():
+    model = net()
+    with torchhealth.Monitor(model, check_every=1, strict=True) as monitor:
+        assert monitor.step() == []
+        assert "grad_norm" not in monitor.last_snapshot.stats

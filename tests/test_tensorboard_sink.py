@@ -1,0 +1,130 @@
+"""What lands in TensorBoard and alerts.jsonl, read back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2, metadata as custom_scalar_metadata
+from torch import nn
+
+import torchhealth
+from torchhealth import Alert
+from torchhealth.detectors import Detector
+
+
+def load(log_dir):
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def small_net():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 3))
+
+
+def train(monitor, model, steps):
+    for _ in range(steps):
+        loss = F.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 3, (16,)))
+        loss.backward()
+        monitor.step(loss)
+        model.zero_grad()
+
+
+class EveryCheck(Detector):
+    """A test detector: one alert per check, severity chosen by the test."""
+
+    kind = "test_kind"
+
+    def __init__(self, severity="warning"):
+        self.severity = severity
+
+    def check(self, snapshot, facts):
+        return [Alert(self.kind, "0", snapshot.step, self.severity, 1.5, "test alert", ["do this", "or that"])]
+
+
+def test_health_tags_and_values(tmp_path):
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torchhealth.Monitor(model, opt, log_dir=tmp_path, check_every=5, log_every=5, sample_every=1,
+                             window_samples=16, strict=True) as monitor:
+        for _ in range(11):
+            loss = F.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 3, (16,)))
+            loss.backward()
+            monitor.step(loss)
+            opt.step()
+            opt.zero_grad()
+        last = monitor.last_snapshot
+    tags = set(load(str(tmp_path)).Tags()["scalars"])
+    for family, layers in (("grad_norm", ["0", "2", "4", "total"]), ("weight_norm", ["0", "2", "4"]),
+                           ("update_ratio", ["0", "2", "4"]), ("zero_fraction", ["1"]),
+                           ("dead_units", ["1"]), ("saturation", ["3"])):
+        for layer in layers:
+            assert f"health/{family}/{layer}" in tags
+    assert "health/loss" in tags
+    acc = load(str(tmp_path))
+    events = acc.Scalars("health/grad_norm/total")
+    assert [e.step for e in events] == [0, 5, 10]
+    assert events[-1].value == pytest.approx(last.stats["grad_norm"]["total"], rel=1e-6)
+    assert acc.Scalars("health/loss")[-1].value == pytest.approx(last.loss, rel=1e-6)
+    assert len(glob.glob(os.path.join(tmp_path, "*", "events*"))) == 0, "add_scalars makes sub-runs"
+
+
+def test_custom_scalars_dashboard_is_written_once(tmp_path):
+    model = small_net()
+    with torchhealth.Monitor(model, log_dir=tmp_path, check_every=1, log_every=1) as monitor:
+        train(monitor, model, 3)
+    acc = load(str(tmp_path))
+    layouts = acc.Tensors(custom_scalar_metadata.CONFIG_SUMMARY_TAG)
+    assert len(layouts) == 1
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(layouts[0].tensor_proto.string_val[0])
+    regexes = {r for cat in layout.category for chart in cat.chart for r in chart.multiline.tag}
+    assert r"health/grad_norm/.*" in regexes and r"health/dead_units/.*" in regexes
+
+
+def test_event_file_grows_with_logged_steps_not_steps(tmp_path):
+    sizes = {}
+    for log_every in (10, 50):
+        model = small_net()
+        path = tmp_path / str(log_every)
+        with torchhealth.Monitor(model, log_dir=path, check_every=10, log_every=log_every) as monitor:
+            train(monitor, model, 100)
+        sizes[log_every] = sum(os.path.getsize(f) for f in glob.glob(str(path / "events*")))
+        assert len(load(str(path)).Scalars("health/grad_norm/total")) == 100 // log_every
+    assert sizes[50] < sizes[10] / 2
+
+
+def test_alerts_go_to_tensorboard_text_and_jsonl(tmp_path):
+    model = small_net()
+    monitor = torchhealth.Monitor(model, log_dir=tmp_path, check_every=2, log_every=2, on_alert=[lambda a: None])
+    monitor.detectors.append(EveryCheck())
+    train(monitor, model, 3)
+    monitor.close()
+    lines = [json.loads(line) for line in open(tmp_path / "alerts.jsonl")]
+    assert [(a["kind"], a["step"], a["layer"]) for a in lines] == [("test_kind", 0, "0"), ("test_kind", 2, "0")]
+    assert lines[0]["suggestions"] == ["do this", "or that"]
+    texts = load(str(tmp_path)).Tensors("health/alerts")
+    assert [t.step for t in texts] == [0, 2]
+    assert b"test_kind" in texts[0].tensor_proto.string_val[0]
+
+
+def test_nonfinite_values_in_alerts_are_valid_json(tmp_path):
+    alert = Alert("nonfinite", None, 3, "critical", float("nan"), "NaN", [], {"grad": float("inf")})
+    sink = torchhealth.sinks.JsonlAlertSink(str(tmp_path))
+    sink.write_alerts([alert])
+    sink.close()
+    assert json.loads(open(tmp_path / "alerts.jsonl").read())["value"] == "nan"
+
+
+def test_no_log_dir_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = small_net()
+    with torchhealth.Monitor(model, check_every=1) as monitor:
+        train(monitor, model, 2)
+    assert os.listdir(tmp_path) == []
