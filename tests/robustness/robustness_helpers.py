@@ -81,10 +81,10 @@ def read_events(log_dir: str):
 
 def alert_texts(accumulator) -> list[str]:
     """The markdown of every alert written to TensorBoard's text tab."""
-    tag = "health/alerts/text_summary"  # add_text appends the text plugin's suffix
-    if tag not in accumulator.Tags()["tensors"]:
-        return []
-    return [e.tensor_proto.string_val[0].decode() for e in accumulator.Tensors(tag)]
+    from torchhealth.sinks.tensorboard import ALERTS_TAG
+
+    tags = [t for t in accumulator.Tags()["tensors"] if t.startswith(ALERTS_TAG)]  # with or without add_text's suffix
+    return [e.tensor_proto.string_val[0].decode() for tag in tags for e in accumulator.Tensors(tag)]
 
 
 class HighLossDetector(Detector):
