@@ -241,8 +241,8 @@ class Monitor:
         """
         self._failed_parts = len(self.guard.disabled)
         for name, collector in list(self.collectors.items()):
-            parts = {f"collector {name}", "activation hooks" if collector is self.activations else ""}
-            if parts & self.guard.disabled:
+            parts = [f"collector {name}"] + (["activation hooks"] if collector is self.activations else [])
+            if any(part in self.guard.disabled for part in parts):
                 del self.collectors[name]
                 self.guard.call(f"collector {name} close", collector.close)
 

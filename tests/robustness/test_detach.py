@@ -86,3 +86,13 @@ def test_exception_inside_with_still_flushes(with_detectors, high_loss, tmp_path
     events = read_events(str(tmp_path))
     assert [e.step for e in events.Scalars("health/grad_norm/fc1")] == [0, 2, 4, 6, 8]
     assert len(alert_texts(events)) == 1 and "test_high_loss" in alert_texts(events)[0]
+
+
+def test_closing_one_of_two_monitors_leaves_the_other_working():
+    model = Net()
+    first, second = Monitor(model, check_every=1, sample_every=1), Monitor(model, check_every=1, sample_every=1)
+    first.close()
+    train(second, model, None, steps=2)
+    assert "act" in second.last_snapshot.stats["zero_fraction"]
+    second.close()
+    assert leftover_hooks(model) == []
