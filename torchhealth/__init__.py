@@ -12,6 +12,8 @@ from torchhealth.errors import TrainingHealthError, TrainingHealthWarning
 from torchhealth.monitor import Monitor
 from torchhealth.options import MonitorOptions
 from torchhealth.snapshot import Snapshot
+from torchhealth.watch import watch
 
 __version__ = "0.1.0"
-__all__ = ["Alert", "Monitor", "MonitorOptions", "Snapshot", "TrainingHealthError", "TrainingHealthWarning", "__version__"]
+__all__ = ["Alert", "Monitor", "MonitorOptions", "Snapshot", "TrainingHealthError", "TrainingHealthWarning", "__version__",
+           "watch"]

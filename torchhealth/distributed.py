@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -17,8 +20,11 @@ def reduce_state(state: dict[str, tuple[torch.Tensor, str]]) -> dict[str, torch.
     """Reduces every collector's raw state across ranks with ONE all-reduce.
 
     All state is additive: ``"sum"`` entries are summed, ``"mean"`` entries (values that are the same
-    on every rank, like DDP's averaged gradients) are summed then divided by the world size.
-    Without a process group this returns the tensors unchanged.
+    on every rank) are summed then divided by the world size. Without a process group this returns
+    the tensors unchanged.
+
+    Every rank must call this on the same check steps with the same names and shapes (collectors
+    keep their state's layout independent of rank-local data), or the collective fails.
     """
     _, world = rank_and_world()
     if world == 1 or not state:
@@ -34,6 +40,50 @@ def reduce_state(state: dict[str, tuple[torch.Tensor, str]]) -> dict[str, torch.
         out[name] = part / world if op == "mean" else part
         start += tensor.numel()
     return out
+
+
+def replica_counts(model: nn.Module, params: list[tuple[str, str, torch.Tensor]]) -> list[float]:
+    """How many ranks hold each parameter's rank-local tensor.
+
+    Summing ``value / copies`` over all ranks gives the whole tensor's value once: replicated
+    parameters (plain, DDP) count the world size; FSDP2 DTensors count ``world / shards``
+    (1 for a full shard, the replica count under HSDP); FSDP1 parameters of a sharded unit count
+    ``world / shard group size``.
+
+    Args:
+        model: The model as the user passed it (FSDP1 wrappers still on).
+        params: ``(name, layer, parameter)`` entries as from ``layers.parameter_layers``.
+    """
+    _, world = rank_and_world()
+    fsdp1 = _fsdp1_shard_group_sizes(model) if world > 1 else {}
+    counts = []
+    for _, _, p in params:
+        if hasattr(p, "placements") and hasattr(p, "device_mesh"):
+            shards = math.prod(p.device_mesh.size(i) for i, pl in enumerate(p.placements) if pl.is_shard())
+            counts.append(world / shards)
+        else:
+            counts.append(world / fsdp1.get(id(p), 1))
+    return counts
+
+
+def _fsdp1_shard_group_sizes(model: nn.Module) -> dict[int, int]:
+    """``{id(parameter): shard group size}`` for parameters of sharded FullyShardedDataParallel units.
+
+    Reads FSDP1's private handle (``_handle``); an FSDP version without it counts as unsharded.
+    """
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return {}
+    sizes = {}
+    for module in model.modules():
+        handle = getattr(module, "_handle", None) if isinstance(module, FullyShardedDataParallel) else None
+        if handle is None or not getattr(handle, "uses_sharded_strategy", False):
+            continue
+        flat = handle.flat_param
+        for p in [flat, *(getattr(flat, "_params", None) or [])]:
+            sizes[id(p)] = handle.process_group.size()
+    return sizes
 
 
 def _collective_device() -> torch.device:

@@ -116,9 +116,15 @@ def _mean(tensor: torch.Tensor) -> float:
 
 
 def _measure(fn: Any, tensor: torch.Tensor) -> float:
-    """Runs ``fn`` on a float copy of ``tensor`` once at attach; NaN where that cannot work."""
+    """Runs ``fn`` on a float copy of ``tensor`` once at attach; NaN where that cannot work.
+
+    A sharded DTensor (FSDP2) is gathered first: reductions of a DTensor can leave rank-local
+    partial values that ``float()`` would read, and facts must be the same on every rank.
+    """
     try:
         with torch.no_grad():
+            if hasattr(tensor, "full_tensor"):
+                tensor = tensor.full_tensor()
             return fn(tensor.detach().float())
     except (RuntimeError, NotImplementedError):  # meta tensors, exotic shards: no init advice
         return float("nan")

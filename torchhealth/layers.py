@@ -10,6 +10,8 @@ from torch import nn
 RELU_MODULES = (nn.ReLU, nn.ReLU6)
 SATURATING_MODULES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
 WRAPPER_CLASS_NAMES = ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
+WRAPPER_NAME_PARTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+"""Name segments that torch.compile, FSDP and activation checkpointing insert into qualified names."""
 ROOT_NAME = "model"
 """Layer name used for parameters and functional calls that belong to the root module itself."""
 
@@ -22,10 +24,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def clean_name(name: str) -> str:
-    """Removes wrapper artefacts (``_orig_mod.`` from torch.compile, FSDP's flat-param prefix)."""
-    for junk in ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
-        name = name.replace(junk, "")
-    return name or ROOT_NAME
+    """Removes wrapper segments (``_orig_mod`` from torch.compile, FSDP's ``_fsdp_wrapped_module``...).
+
+    Segments are removed wherever they stand, so ``layer1._fsdp_wrapped_module`` becomes ``layer1``.
+    """
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_NAME_PARTS) or ROOT_NAME
 
 
 def activation_kind(module: nn.Module) -> str | None:
@@ -42,8 +45,8 @@ def parameter_layers(model: nn.Module) -> Iterator[tuple[str, str, nn.Parameter]
     """Yields ``(parameter name, owning layer name, parameter)`` for every trainable parameter."""
     for name, param in model.named_parameters():
         if param.requires_grad:
-            layer = name.rsplit(".", 1)[0] if "." in name else ROOT_NAME
-            yield clean_name(name), clean_name(layer), param
+            name = clean_name(name)
+            yield name, name.rsplit(".", 1)[0] if "." in name else ROOT_NAME, param
 
 
 def unit_axis(shape: torch.Size, channels_first: bool) -> int | None:

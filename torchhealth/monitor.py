@@ -12,6 +12,7 @@ from torch import nn
 
 from torchhealth import distributed
 from torchhealth.collectors import ActivationCollector, Collector, GradientCollector, LossCollector, WeightCollector
+from torchhealth.collectors.steps import SkippedStepCollector
 from torchhealth.detectors import Alert, Detector, default_detectors
 from torchhealth.errors import TrainingHealthError
 from torchhealth.facts import ModelFacts
@@ -19,6 +20,7 @@ from torchhealth.layers import parameter_layers, unwrap
 from torchhealth.options import MonitorOptions, alert_handlers
 from torchhealth.safety import Guard
 from torchhealth.sinks import CallbackSink, JsonlAlertSink, LoggingSink, Sink, TensorBoardSink, WarningSink
+from torchhealth.sinks.webhook import WebhookSink
 from torchhealth.snapshot import Snapshot
 
 MAX_ALERT_HISTORY = 1000
@@ -34,7 +36,10 @@ class Monitor:
     in one transfer, written to TensorBoard (every ``log_every`` steps) and checked by the detectors.
 
     Args:
-        model: The module to watch (DDP/FSDP wrappers are looked through).
+        model: The module to watch (DDP/FSDP wrappers are looked through). Under torch.distributed,
+            create the monitor on every rank after wrapping and call ``step`` on every rank: each
+            check reduces the statistics across ranks in one collective, and only rank 0 writes
+            files (docs/distributed.md).
         optimizer: Its optimizer; enables measured update/weight ratios and learning-rate advice.
         log_dir: Directory for TensorBoard event files and ``alerts.jsonl``; None writes no files.
         **options: See ``MonitorOptions`` (``check_every``, ``log_every``, ``sample_every``,
@@ -62,6 +67,7 @@ class Monitor:
         self.step_count = 0
         self._interval_start = 0
         self._closed = False
+        self._attached: list[Any] = []
 
         inner = unwrap(model)
         self.facts = ModelFacts.from_model(inner, optimizer)
@@ -71,14 +77,17 @@ class Monitor:
         self.activations = ActivationCollector(
             inner, self.facts, self.options.check_every, self.options.window_samples,
             functional=self.options.functional_activations, guard=self.guard)
-        self.weights = WeightCollector(params, device) if optimizer is not None else None
+        copies = distributed.replica_counts(model, params)
+        self.weights = WeightCollector(params, device, copies) if optimizer is not None else None
         self.collectors: dict[str, Collector] = {
             "loss": self.loss_collector,
-            "gradients": GradientCollector(params, device, self.options.per_parameter),
+            "gradients": GradientCollector(params, device, self.options.per_parameter, copies),
             "activations": self.activations,
         }
         if self.weights is not None:
             self.collectors["weights"] = self.weights
+        self.skipped_steps = SkippedStepCollector()
+        self.collectors["skipped_steps"] = self.skipped_steps
 
         self.detectors: list[Detector] = default_detectors(self.options)
         self.metric_sinks: list[Sink] = []
@@ -114,7 +123,7 @@ class Monitor:
             self._deliver(static)
         step = self.step_count
         if loss is not None:
-            self.guard.call("collector loss", self.loss_collector.record, loss, step - self._interval_start)
+            self.log_loss(loss)
         if val_loss is not None:
             self.log_validation(val_loss)
         new: list[Alert] = []
@@ -174,11 +183,36 @@ class Monitor:
         self.activations.offset = 0
         self.activations.sampling = self.step_count % self.options.sample_every == 0
 
+    # -- driven from outside: torchhealth.watch() and the Lightning / Hugging Face callbacks --------
+    def log_loss(self, loss: torch.Tensor | float) -> None:
+        """Records a training loss for the current step without ending it (no host synchronization).
+
+        For loops where something else calls ``step`` (``torchhealth.watch`` calls it from the
+        optimizer): call it after computing the loss and before ``optimizer.step()``. Calls for
+        several micro-batches of one step are averaged.
+        """
+        self.guard.call("collector loss", self.loss_collector.record, loss, self.step_count - self._interval_start)
+
+    def record_skipped_step(self) -> None:
+        """Counts an optimizer step that AMP's GradScaler skipped; call it instead of ``step``."""
+        self.guard.call("collector skipped_steps", self.skipped_steps.record)
+
+    def attach(self, driver: Any) -> None:
+        """Keeps ``driver`` (anything with ``close()``, e.g. hooks that call ``step``) until ``close``."""
+        self._attached.append(driver)
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._closed
+
     def close(self) -> None:
         """Removes every hook, flushes and closes all writers. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
+        for driver in self._attached:
+            self.guard.call(f"detach {type(driver).__name__}", driver.close)
         static, self._static_alerts = self._static_alerts, []
         self._deliver(static, may_raise=False)  # a monitor closed before its first step still reports them
         for name, collector in self.collectors.items():
@@ -257,11 +291,14 @@ class Monitor:
                 if self.rank == 0:
                     self.alert_sinks.append(LoggingSink())
             elif handler == "warn":
-                self.alert_sinks.append(WarningSink())
+                if self.rank == 0:
+                    self.alert_sinks.append(WarningSink())
             elif handler == "raise":
                 self._raise_on_critical = True
             else:
                 self.alert_sinks.append(CallbackSink(handler))
+        if self.options.webhook_url is not None and self.rank == 0:
+            self.alert_sinks.append(WebhookSink(self.options.webhook_url, log_dir=self.log_dir))
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[list[float]]:

@@ -11,6 +11,8 @@ from torchhealth.collectors.base import Collector, State, Summary
 from torchhealth.snapshot import TOTAL, Snapshot
 
 ParamEntry = tuple[str, str, torch.nn.Parameter]
+PRESENT = "_grad_present"
+"""Private family: how many parameters of a layer had a gradient on any rank (0: report nothing)."""
 
 
 def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -37,36 +39,27 @@ def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
     return torch.stack(out).square()  # type: ignore[arg-type]
 
 
-def current_device(params: list[ParamEntry], default: torch.device) -> torch.device:
-    """Where the parameters are now: state follows a model moved (``model.to(...)``) after attaching."""
-    return params[0][2].device if params else default
+def current_placement(params: list[ParamEntry], device: torch.device,
+                      copies: torch.Tensor) -> tuple[torch.device, torch.Tensor]:
+    """Where the parameters are now, and ``copies`` moved there (once) for a model moved after attaching."""
+    now = params[0][2].device if params else device
+    return now, copies if copies.device == now else copies.to(now)
 
 
-def local_tensor(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """The rank-local part of ``t`` and whether ``t`` is sharded across ranks (FSDP's DTensor)."""
-    if hasattr(t, "to_local") and hasattr(t, "placements"):
-        sharded = any(p.is_shard() for p in t.placements)
-        return t.to_local(), sharded
-    return t, False
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The rank-local part of ``t`` (the shard of FSDP2's DTensor, else ``t`` itself)."""
+    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t
 
 
-def sharded_state(name: str, tensors: list[torch.Tensor], device: torch.device) -> State:
-    """Squared norms of ``tensors`` as reducible state.
+def sharded_state(name: str, tensors: list[torch.Tensor], copies: torch.Tensor, device: torch.device) -> State:
+    """Squared norms of the rank-local parts of ``tensors`` as state that reduces by sum.
 
-    Replicated tensors (plain, or DDP's already-averaged gradients) reduce by mean; shards of
-    FSDP's DTensors reduce by sum, so the reduced value is the full tensor's squared norm.
+    Each is divided by ``copies`` (how many ranks hold that local part, see
+    ``distributed.replica_counts``), so the sum over ranks is the whole tensor's squared norm:
+    the mean for replicated tensors such as DDP's averaged gradients, the sum of the shards' for FSDP.
     """
-    local = [local_tensor(t) for t in tensors]
-    sq = squared_norms([t for t, _ in local], device)
-    if not any(s for _, s in local):
-        return {name: (sq, "mean")}
-    mask = torch.tensor([s for _, s in local], device=device)
-    return {name: (torch.where(mask, 0.0, sq), "mean"), name + "_sharded": (torch.where(mask, sq, 0.0), "sum")}
-
-
-def combined(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """Reassembles the squared norms that ``sharded_state`` split by reduction."""
-    return state[name] + state[name + "_sharded"] if name + "_sharded" in state else state[name]
+    sq = squared_norms([local_tensor(t) for t in tensors], device)
+    return {name: (sq / copies.to(sq.device, non_blocking=True), "sum")}
 
 
 class LayerSum:
@@ -88,39 +81,41 @@ class LayerSum:
 class GradientCollector(Collector):
     """Per-parameter, per-layer and total gradient L2 norms, computed only on check steps."""
 
-    def __init__(self, params: list[ParamEntry], device: torch.device, per_parameter: bool = True) -> None:
+    def __init__(self, params: list[ParamEntry], device: torch.device, per_parameter: bool = True,
+                 copies: list[float] | None = None) -> None:
         self.params = params
         self.device = device
         self.per_parameter = per_parameter
         self.layer_sum = LayerSum(params)
-        self._present: list[bool] = []
+        self.copies = torch.tensor(copies or [1.0] * len(params), device=device)
 
     def state(self) -> State:
-        device = self.device = current_device(self.params, self.device)
-        grads, self._present = [], []
-        for _, _, p in self.params:
-            g = p.grad
-            self._present.append(g is not None)
-            grads.append(g if g is not None else torch.zeros((), device=device))
-        return sharded_state("sq", grads, device)
+        self.device, self.copies = current_placement(self.params, self.device, self.copies)
+        device = self.device
+        grads = [p.grad if p.grad is not None else torch.zeros((), device=device) for _, _, p in self.params]
+        # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
+        present = torch.tensor([float(p.grad is not None) for _, _, p in self.params], device=device)
+        return {**sharded_state("sq", grads, self.copies, device), "present": (present, "sum")}
 
     def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
-        if not any(self._present):
+        if not self.params:
             return []
-        sq = combined(state, "sq")
-        layers_with_grad = {layer for (_, layer, _), present in zip(self.params, self._present) if present}
-        keep = [i for i, layer in enumerate(self.layer_sum.layers) if layer in layers_with_grad]
-        layer_norms = self.layer_sum(sq).sqrt()
+        sq, present = state["sq"], state["present"]
         out: Summary = [
-            ("grad_norm", [self.layer_sum.layers[i] for i in keep], layer_norms[keep]),
+            ("grad_norm", self.layer_sum.layers, self.layer_sum(sq).sqrt()),
             ("grad_norm", [TOTAL], sq.sum().sqrt().reshape(1)),
+            (PRESENT, self.layer_sum.layers, self.layer_sum(present)),
+            (PRESENT, [TOTAL], present.sum().reshape(1)),
         ]
         if self.per_parameter:
-            idx = [i for i, present in enumerate(self._present) if present]
-            out.append(("param_grad_norm", [self.params[i][0] for i in idx], sq[idx].sqrt()))
+            names = [name for name, _, _ in self.params]
+            out += [("param_grad_norm", names, sq.sqrt()), (PRESENT, names, present)]
         return out
 
     def finish(self, values, snapshot: Snapshot, interval_start: int) -> None:
+        present = {name for (family, name), count in values.items() if family == PRESENT and count > 0}
+        values = {(family, name): value for (family, name), value in values.items()
+                  if family != PRESENT and name in present}
         super().finish(values, snapshot, interval_start)
         for (family, layer), value in values.items():
             if family == "grad_norm" and layer != TOTAL and not math.isfinite(value):

@@ -10,6 +10,9 @@ import torch
 from torchhealth.collectors.base import NONFINITE, Collector, State, StepFlags, Summary
 from torchhealth.snapshot import Snapshot
 
+_COUNT = "_loss_count"
+"""Private family: how many losses (all ranks) are behind a reported mean."""
+
 
 class LossCollector(Collector):
     """Mean finite loss per check interval, plus the step where the loss first went non-finite.
@@ -22,8 +25,6 @@ class LossCollector(Collector):
         self.flags = StepFlags(interval, device)
         self._sum = torch.zeros(2, device=device)  # [sum of finite losses, count of finite losses]
         self._val = torch.zeros(2, device=device)  # [sum of validation losses, count]
-        self._recorded = False
-        self._val_recorded = False
 
     def record(self, loss: torch.Tensor | float, offset: int) -> None:
         """Adds one step's training loss; ``offset`` is the step's position in the check interval."""
@@ -32,14 +33,12 @@ class LossCollector(Collector):
         finite = torch.isfinite(value)
         self._sum.add_(torch.stack([torch.where(finite, value, 0.0), finite.float()]))
         self.flags.mark(offset, ~finite)
-        self._recorded = True
 
     def record_validation(self, loss: torch.Tensor | float) -> None:
         """Adds one validation loss (averaged with others reported in the same interval)."""
         value = self._as_scalar(loss)
         self._follow(value.device)
         self._val.add_(torch.stack([value, torch.ones_like(value)]))
-        self._val_recorded = True
 
     def _as_scalar(self, loss: torch.Tensor | float) -> torch.Tensor:
         if isinstance(loss, torch.Tensor):
@@ -58,33 +57,28 @@ class LossCollector(Collector):
                 self.flags.flags = self.flags.flags.to(device)
 
     def state(self) -> State:
-        state: State = {}
-        if self._recorded:
-            state.update(loss=(self._sum, "sum"), loss_flags=(self.flags.flags, "sum"))
-        if self._val_recorded:
-            state["val_loss"] = (self._val, "sum")
-        return state
+        # Always the same layout, recorded or not: a rank that saw no loss still joins the reduction,
+        # and the counts it adds (zero) say whether any rank recorded one.
+        return {"loss": (self._sum, "sum"), "loss_flags": (self.flags.flags, "sum"), "val_loss": (self._val, "sum")}
 
     def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
-        out: Summary = []
-        if "loss" in state:
-            total, count = state["loss"]
-            out.append(("loss", ["loss"], (total / count).reshape(1)))
-            out.append((NONFINITE, ["loss"], StepFlags.first(state["loss_flags"]).reshape(1)))
-        if "val_loss" in state:
-            total, count = state["val_loss"]
-            out.append(("loss", ["val_loss"], (total / count).reshape(1)))
-        return out
+        (total, count), (val_total, val_count) = state["loss"], state["val_loss"]
+        return [
+            ("loss", ["loss"], (total / count).reshape(1)),
+            (_COUNT, ["loss"], count.reshape(1)),
+            (NONFINITE, ["loss"], StepFlags.first(state["loss_flags"]).reshape(1)),
+            ("loss", ["val_loss"], (val_total / val_count).reshape(1)),
+            (_COUNT, ["val_loss"], val_count.reshape(1)),
+        ]
 
     def finish(self, values, snapshot: Snapshot, interval_start: int) -> None:
-        loss = values.pop(("loss", "loss"), None)
-        val = values.pop(("loss", "val_loss"), None)
-        snapshot.loss = loss if loss is not None and math.isfinite(loss) else None
-        snapshot.val_loss = val
+        loss = values.pop(("loss", "loss"))
+        val = values.pop(("loss", "val_loss"))
+        snapshot.loss = loss if values.pop((_COUNT, "loss")) > 0 and math.isfinite(loss) else None
+        snapshot.val_loss = val if values.pop((_COUNT, "val_loss")) > 0 else None
         super().finish(values, snapshot, interval_start)
 
     def reset_interval(self) -> None:
         self._sum.zero_()
         self._val.zero_()
         self.flags.reset()
-        self._recorded = self._val_recorded = False

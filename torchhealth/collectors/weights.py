@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from torchhealth.collectors.base import Collector, State, Summary
-from torchhealth.collectors.gradients import (LayerSum, ParamEntry, combined, current_device, local_tensor,
-                                              sharded_state)
+from torchhealth.collectors.gradients import LayerSum, ParamEntry, current_placement, local_tensor, sharded_state
 
 
 class WeightCollector(Collector):
@@ -17,10 +16,11 @@ class WeightCollector(Collector):
     steps); the check compares them with the weights it finds.
     """
 
-    def __init__(self, params: list[ParamEntry], device: torch.device) -> None:
+    def __init__(self, params: list[ParamEntry], device: torch.device, copies: list[float] | None = None) -> None:
         self.params = params
         self.device = device
         self.layer_sum = LayerSum(params)
+        self.copies = torch.tensor(copies or [1.0] * len(params), device=device)
         self._before: list[torch.Tensor] | None = None
 
     def _weights(self) -> list[torch.Tensor]:
@@ -29,21 +29,20 @@ class WeightCollector(Collector):
     def remember_weights(self) -> None:
         """Copies the current weights (rank-local shards) for the next update-ratio measurement."""
         if self.params:
-            self._before = [local_tensor(w)[0].clone() for w in self._weights()]
+            self._before = [local_tensor(w).clone() for w in self._weights()]
 
     def state(self) -> State:
         if not self.params:
             return {}
         weights = self._weights()
-        self.device = current_device(self.params, self.device)
-        state = sharded_state("w", weights, self.device)
+        self.device, self.copies = current_placement(self.params, self.device, self.copies)
+        state = sharded_state("w", weights, self.copies, self.device)
         if self._before is not None:
-            local = [local_tensor(w)[0] for w in weights]
+            local = [local_tensor(w) for w in weights]
             # a model moved or cast between remembering and now: skip this one update measurement
             if [(t.shape, t.device, t.dtype) for t in local] == [(t.shape, t.device, t.dtype) for t in self._before]:
-                diff = torch._foreach_sub(local, self._before)
-                state.update(sharded_state("dw", [_like(d, w) for d, w in zip(diff, weights)], self.device))
-                state.update(sharded_state("w0", [_like(b, w) for b, w in zip(self._before, weights)], self.device))
+                state.update(sharded_state("dw", torch._foreach_sub(local, self._before), self.copies, self.device))
+                state.update(sharded_state("w0", self._before, self.copies, self.device))
             self._before = None
         return state
 
@@ -51,21 +50,13 @@ class WeightCollector(Collector):
         if not state:
             return []
         layers = self.layer_sum.layers
-        out: Summary = [("weight_norm", layers, self.layer_sum(combined(state, "w")).sqrt())]
+        out: Summary = [("weight_norm", layers, self.layer_sum(state["w"]).sqrt())]
         if "dw" in state:
-            update = self.layer_sum(combined(state, "dw")).sqrt()
-            before = self.layer_sum(combined(state, "w0")).sqrt()
+            update = self.layer_sum(state["dw"]).sqrt()
+            before = self.layer_sum(state["w0"]).sqrt()
             out.append(("update_ratio", layers, update / before.clamp_min(torch.finfo(torch.float32).tiny)))
         return out
 
     def close(self) -> None:
         self._before = None
 
-
-def _like(local: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Re-wraps a rank-local tensor as a DTensor when ``original`` was one, keeping its sharding."""
-    if hasattr(original, "placements") and hasattr(original, "device_mesh"):
-        from torch.distributed.tensor import DTensor
-
-        return DTensor.from_local(local, original.device_mesh, original.placements, run_check=False)
-    return local
