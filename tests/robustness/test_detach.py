@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from robustness_helpers import Net, alert_texts, leftover_hooks, read_alerts, read_events, train
+import torchhealth
 from torchhealth import Monitor
 
 
@@ -96,3 +97,24 @@ def test_closing_one_of_two_monitors_leaves_the_other_working():
     assert "act" in second.last_snapshot.stats["zero_fraction"]
     second.close()
     assert leftover_hooks(model) == []
+
+
+def test_watch_detaches_from_model_and_optimizer(tmp_path):
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    monitor = torchhealth.watch(model, optimizer, log_dir=tmp_path, check_every=2, sample_every=1)
+    for _ in range(5):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        loss.backward()
+        monitor.log_loss(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert monitor.step_count == 5
+    monitor.close()
+    monitor.close()
+    assert leftover_hooks(model) == []
+    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+    optimizer.step()  # the optimizer no longer drives a closed monitor
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    pickle.dumps(optimizer)
