@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from typing import Any
@@ -21,6 +22,10 @@ from torchhealth.safety import Guard
 from torchhealth.sinks import CallbackSink, JsonlAlertSink, LoggingSink, Sink, TensorBoardSink, WarningSink
 from torchhealth.sinks.webhook import WebhookSink
 from torchhealth.snapshot import Snapshot
+
+MAX_ALERT_HISTORY = 1000
+"""``Monitor.alerts`` keeps the latest this many alerts, so a long run's memory stays flat."""
+STATE_VERSION = 1
 
 
 class Monitor:
@@ -89,8 +94,11 @@ class Monitor:
         self.alert_sinks: list[Sink] = []
         self._raise_on_critical = False
         self._build_sinks()
-        self._deliver([a for d in self.detectors
-                       for a in self.guard.call(f"detector {d.kind}", d.static_check, inner, self.facts, default=[])])
+        self._failed_parts = 0
+        # delivered by the first step(), so that load_state_dict() can drop those a resumed run already sent
+        self._static_alerts = [a for d in self.detectors
+                               for a in self.guard.call(f"detector {d.kind}", d.static_check, inner, self.facts,
+                                                        default=[])]
 
     # -- public API ------------------------------------------------------------------------------
     def step(self, loss: torch.Tensor | float | None = None, *, val_loss: torch.Tensor | float | None = None) -> list[Alert]:
@@ -108,6 +116,11 @@ class Monitor:
         """
         if self._closed:
             raise RuntimeError("Monitor.step() was called after close(); create a new Monitor to keep watching")
+        if len(self.guard.disabled) != self._failed_parts:
+            self._retire_failed_collectors()
+        if self._static_alerts:
+            static, self._static_alerts = self._static_alerts, []
+            self._deliver(static)
         step = self.step_count
         if loss is not None:
             self.log_loss(loss)
@@ -128,6 +141,48 @@ class Monitor:
         """Reports a validation loss; it appears in the next snapshot (and enables overfitting checks)."""
         self.guard.call("collector loss", self.loss_collector.record_validation, loss)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the step count, each detector's history and the alerts sent.
+
+        Save it with the model's checkpoint; it holds plain Python values only, so
+        ``torch.load(..., weights_only=True)`` reads it back.
+        """
+        return {
+            "version": STATE_VERSION,
+            "step": self.step_count,
+            "alerts": [alert.to_dict() for alert in self.alerts],
+            "detectors": [{"kind": d.kind, "state": self.guard.call(f"detector {d.kind}", d.state_dict, default={})}
+                          for d in self.detectors],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resumes from ``state_dict()``: step count, detector histories (ongoing episodes) and alert history.
+
+        Call it before the first ``step()`` of the resumed run. Alerts in the history are not sent
+        again, static-check alerts included. Detectors are matched by kind in order; a detector the
+        checkpoint does not know starts fresh. On-device statistics restart with a new interval.
+
+        Raises:
+            ValueError: When ``state`` is not something ``Monitor.state_dict()`` returned.
+        """
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("step"), int):
+            raise ValueError("Monitor.load_state_dict() expects what Monitor.state_dict() returned "
+                             f"(a dict with version {STATE_VERSION} and an integer 'step')")
+        saved: dict[str, list[dict[str, Any]]] = {}
+        for entry in state.get("detectors", []):
+            saved.setdefault(entry["kind"], []).append(entry["state"])
+        for detector in self.detectors:
+            if saved.get(detector.kind):
+                self.guard.call(f"detector {detector.kind}", detector.load_state_dict, saved[detector.kind].pop(0))
+        self.alerts = [_alert_from_dict(d) for d in state.get("alerts", [])][-MAX_ALERT_HISTORY:]
+        sent = {(a.kind, a.layer, a.message) for a in self.alerts}
+        self._static_alerts = [a for a in self._static_alerts if (a.kind, a.layer, a.message) not in sent]
+        self.step_count = self._interval_start = state["step"]
+        for name, collector in self.collectors.items():
+            self.guard.call(f"collector {name}", collector.reset_interval)
+        self.activations.offset = 0
+        self.activations.sampling = self.step_count % self.options.sample_every == 0
+
     # -- driven from outside: torchhealth.watch() and the Lightning / Hugging Face callbacks --------
     def log_loss(self, loss: torch.Tensor | float) -> None:
         """Records a training loss for the current step without ending it (no host synchronization).
@@ -140,7 +195,7 @@ class Monitor:
 
     def record_skipped_step(self) -> None:
         """Counts an optimizer step that AMP's GradScaler skipped; call it instead of ``step``."""
-        self.skipped_steps.record()
+        self.guard.call("collector skipped_steps", self.skipped_steps.record)
 
     def attach(self, driver: Any) -> None:
         """Keeps ``driver`` (anything with ``close()``, e.g. hooks that call ``step``) until ``close``."""
@@ -158,6 +213,8 @@ class Monitor:
         self._closed = True
         for driver in self._attached:
             self.guard.call(f"detach {type(driver).__name__}", driver.close)
+        static, self._static_alerts = self._static_alerts, []
+        self._deliver(static, may_raise=False)  # a monitor closed before its first step still reports them
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.close)
         for sink in self.metric_sinks + self.alert_sinks:
@@ -198,16 +255,30 @@ class Monitor:
         return [a for d in self.detectors
                 for a in self.guard.call(f"detector {d.kind}", d.check, snapshot, self.facts, default=[])]
 
-    def _deliver(self, alerts: list[Alert]) -> None:
+    def _deliver(self, alerts: list[Alert], *, may_raise: bool = True) -> None:
         if not alerts:
             return
         self.alerts.extend(alerts)
+        del self.alerts[:-MAX_ALERT_HISTORY]
         for sink in self.alert_sinks:
             self.guard.call(f"sink {sink.name}", sink.write_alerts, alerts)
-        if self._raise_on_critical:
+        if self._raise_on_critical and may_raise:
             critical = [a for a in alerts if a.severity == "critical"]
             if critical:
                 raise TrainingHealthError(critical[0])
+
+    def _retire_failed_collectors(self) -> None:
+        """Removes the hooks of collectors the guard switched off, so a failed part costs nothing.
+
+        Runs at the start of ``step()``, never inside a hook: closing mid-forward could pop the wrong
+        function mode.
+        """
+        self._failed_parts = len(self.guard.disabled)
+        for name, collector in list(self.collectors.items()):
+            parts = [f"collector {name}"] + (["activation hooks"] if collector is self.activations else [])
+            if any(part in self.guard.disabled for part in parts):
+                del self.collectors[name]
+                self.guard.call(f"collector {name} close", collector.close)
 
     # -- wiring ------------------------------------------------------------------------------------
     def _build_sinks(self) -> None:
@@ -243,7 +314,15 @@ def _to_host(tensors: list[torch.Tensor]) -> list[list[float]]:
     return out
 
 
+def _alert_from_dict(record: dict[str, Any]) -> Alert:
+    """Rebuilds an alert from ``Alert.to_dict()`` output (which wrote non-finite numbers as strings)."""
+    fields = {f.name for f in dataclasses.fields(Alert)}
+    return Alert(**{**{k: v for k, v in record.items() if k in fields}, "value": float(record["value"])})
+
+
 def _writable_dir(path: str | os.PathLike) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"log_dir must be a path (str or os.PathLike) or None, got {type(path).__name__}")
     path = os.fspath(path)
     try:
         os.makedirs(path, exist_ok=True)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
 ALERT_POLICIES = ("log", "warn", "raise")
+MAX_INTERVAL = 100_000
+"""Largest ``check_every``/``log_every``/``sample_every``: per-step flags are kept on the device for one interval."""
 AlertHandler = Union[str, Callable[..., Any]]
 
 
@@ -42,6 +44,8 @@ class MonitorOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"option {name!r} must be a positive integer, got {value!r}")
+            if name != "window_samples" and value > MAX_INTERVAL:
+                raise ValueError(f"option {name!r} must be between 1 and {MAX_INTERVAL} steps, got {value!r}")
         if self.log_every % self.check_every:
             raise ValueError(
                 f"option 'log_every' ({self.log_every}) must be a multiple of 'check_every' "
@@ -72,8 +76,10 @@ def alert_handlers(on_alert: Any) -> list[AlertHandler]:
     if not items:
         raise ValueError("option 'on_alert' must not be an empty list; use 'log' to only log alerts")
     for item in items:
-        if not (callable(item) or item in ALERT_POLICIES):
+        if not (callable(item) or (isinstance(item, str) and item in ALERT_POLICIES)):
+            close = difflib.get_close_matches(item, ALERT_POLICIES, n=1) if isinstance(item, str) else []
+            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
                 f"option 'on_alert' must be one of {ALERT_POLICIES}, a callable taking an Alert, "
-                f"or a list of these; got {item!r}")
+                f"or a list of these; got {item!r}.{hint}")
     return list(items)

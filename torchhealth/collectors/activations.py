@@ -41,17 +41,21 @@ class Site:
 
     def __init__(self, name: str, kind: str, units: int, axis: int | None, device: torch.device, interval: int):
         self.name, self.kind, self.units, self.axis = name, kind, units, axis
-        self.fires = torch.zeros(units, device=device)  # per-unit count of positive outputs, this window
-        self.off = torch.zeros((), device=device)  # zero (ReLU) or saturated outputs, this interval
+        # normal tensors even when the first call comes from an eval under torch.inference_mode():
+        # inference tensors could never be updated in place by the training forwards that follow
+        with torch.inference_mode(False):
+            self.fires = torch.zeros(units, device=device)  # per-unit count of positive outputs, this window
+            self.off = torch.zeros((), device=device)  # zero (ReLU) or saturated outputs, this interval
+            self.flags = StepFlags(interval, device)
         self.numel = 0  # outputs seen this interval (host-side: shapes are known without a sync)
-        self.flags = StepFlags(interval, device)
         self.window_samples = 0
 
     def observe(self, x: torch.Tensor, offset: int) -> None:
         """Adds one output tensor's statistics. No host synchronization."""
         if x.device != self.fires.device:
-            self.fires, self.off = self.fires.to(x.device), self.off.to(x.device)
-            self.flags.flags = self.flags.flags.to(x.device)
+            with torch.inference_mode(False):
+                self.fires, self.off = self.fires.to(x.device), self.off.to(x.device)
+                self.flags.flags = self.flags.flags.to(x.device)
         dims = tuple(d for d in range(x.dim()) if d != self.axis)
         per_unit_sum = x.sum(dim=dims, dtype=torch.float32) if self.axis is not None else x.sum(dtype=torch.float32)
         self.flags.mark(offset, ~torch.isfinite(per_unit_sum).all())
@@ -91,13 +95,16 @@ class ActivationCollector(Collector):
         wrap = self._guard.wrap
         self.handles: list[RemovableHandle] = [
             self.model.register_forward_pre_hook(wrap("activation hooks", self._on_model_start)),
-            self.model.register_forward_hook(wrap("activation hooks", self._on_model_end), always_call=True),
+            # not switched off with the other hooks: it must always leave the function mode and global hooks
+            self.model.register_forward_hook(wrap("activation cleanup", self._on_model_end), always_call=True),
         ]
         for module in self._hooked:
             self.handles.append(module.register_forward_hook(wrap("activation hooks", self._on_activation)))
 
     # -- hooks ---------------------------------------------------------------------------------
     def _on_model_start(self, module: nn.Module, args: Any) -> None:
+        if self._mode is not None or self._global_handles:
+            self._on_model_end(self.model, (), None)  # a forward interrupted by a BaseException left them
         self._calls.clear()
         if not self.sampling or not (self._discovering or (self._functional and self._has_functional())):
             return
@@ -112,12 +119,12 @@ class ActivationCollector(Collector):
             self._mode.__enter__()
 
     def _on_model_end(self, module: nn.Module, args: Any, output: Any) -> None:
+        handles, self._global_handles = self._global_handles, []
+        for handle in handles:
+            handle.remove()
         if self._mode is not None:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
-        for handle in self._global_handles:
-            handle.remove()
-        self._global_handles = []
         if self.sampling:
             self._discovering = False
 
@@ -133,7 +140,7 @@ class ActivationCollector(Collector):
             self._stack.pop()
 
     def _on_activation(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self.sampling:
+        if not self.sampling or _recomputing():
             return
         name = self._names[module]
         self._observe(name, activation_kind(module), output)  # type: ignore[arg-type]
@@ -155,15 +162,15 @@ class ActivationCollector(Collector):
         key = (name, min(call, MAX_SITES_PER_MODULE - 1))
         site = self.sites.get(key)
         x = output.detach()
+        axis = unit_axis(x.shape, channels_first=x.dim() == 3 and x.shape[1] in self.facts.conv1d_channels)
+        units = x.shape[axis] if axis is not None else 1
         if site is None:
             site_name = name if key[1] == 0 else f"{name}#{key[1]}"
-            axis = unit_axis(x.shape, channels_first=x.dim() == 3 and x.shape[1] in self.facts.conv1d_channels)
-            units = x.shape[axis] if axis is not None else 1
             site = self.sites[key] = Site(site_name, kind, units, axis, x.device, self.interval)
             self.facts.activations.setdefault(site_name, kind)
             self.facts.note_forward(site_name)
-        elif (x.shape[site.axis] if site.axis is not None else 1) != site.units:
-            return  # a capped site seeing another width: skip rather than mix units
+        elif (axis, units) != (site.axis, site.units):
+            return  # another layout (an unbatched call, a capped site of another width): skip, never mix units
         site.observe(x, self.offset)
 
     def _has_functional(self) -> bool:
@@ -226,16 +233,21 @@ class ActivationCollector(Collector):
         self.handles, self._global_handles = [], []
 
 
+def _recomputing() -> bool:
+    """True inside backward: activation checkpointing re-running a forward, already seen once."""
+    return torch._C._current_graph_task_id() != -1
+
+
 class _FunctionalActivationMode(TorchFunctionMode):
     """Sees ``F.relu``/``torch.sigmoid``/... calls that module hooks cannot."""
 
     def __init__(self, collector: ActivationCollector) -> None:
         super().__init__()
-        self.collector = collector
+        self.on_functional = collector._guard.wrap("activation hooks", collector.on_functional)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         kind = FUNCTIONAL_ACTIVATIONS.get(func)
         if kind is not None:
-            self.collector.on_functional(kind, out)
+            self.on_functional(kind, out)
         return out

@@ -24,17 +24,26 @@ def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
     if not tensors:
         return torch.zeros(0, device=device)
     out: list[torch.Tensor | None] = [None] * len(tensors)
-    groups: dict[torch.device, list[int]] = defaultdict(list)
+    groups: dict[tuple[torch.device, bool], list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
         if t.is_sparse:
             out[i] = t.coalesce().values().float().norm().to(device)
         else:
-            groups[t.device].append(i)
-    for dev, idx in groups.items():
-        norms = torch._foreach_norm([tensors[i] for i in idx], 2, dtype=torch.float32)
+            groups[t.device, t.dtype == torch.float64].append(i)
+    for (dev, wide), idx in groups.items():
+        # float64 cannot be narrowed by the norm kernel's dtype argument (a model.double() after attaching)
+        norms = torch._foreach_norm([tensors[i] for i in idx], 2, **({} if wide else {"dtype": torch.float32}))
         for i, n in zip(idx, norms):
+            n = n.float()
             out[i] = n if dev == device else n.to(device, non_blocking=True)
     return torch.stack(out).square()  # type: ignore[arg-type]
+
+
+def current_placement(params: list[ParamEntry], device: torch.device,
+                      copies: torch.Tensor) -> tuple[torch.device, torch.Tensor]:
+    """Where the parameters are now, and ``copies`` moved there (once) for a model moved after attaching."""
+    now = params[0][2].device if params else device
+    return now, copies if copies.device == now else copies.to(now)
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -81,10 +90,12 @@ class GradientCollector(Collector):
         self.copies = torch.tensor(copies or [1.0] * len(params), device=device)
 
     def state(self) -> State:
-        grads = [p.grad if p.grad is not None else torch.zeros((), device=self.device) for _, _, p in self.params]
+        self.device, self.copies = current_placement(self.params, self.device, self.copies)
+        device = self.device
+        grads = [p.grad if p.grad is not None else torch.zeros((), device=device) for _, _, p in self.params]
         # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
-        present = torch.tensor([float(p.grad is not None) for _, _, p in self.params], device=self.device)
-        return {**sharded_state("sq", grads, self.copies, self.device), "present": (present, "sum")}
+        present = torch.tensor([float(p.grad is not None) for _, _, p in self.params], device=device)
+        return {**sharded_state("sq", grads, self.copies, device), "present": (present, "sum")}
 
     def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
         if not self.params:

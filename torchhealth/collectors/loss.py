@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -28,6 +29,7 @@ class LossCollector(Collector):
     def record(self, loss: torch.Tensor | float, offset: int) -> None:
         """Adds one step's training loss; ``offset`` is the step's position in the check interval."""
         value = self._as_scalar(loss)
+        self._follow(value.device)
         finite = torch.isfinite(value)
         self._sum.add_(torch.stack([torch.where(finite, value, 0.0), finite.float()]))
         self.flags.mark(offset, ~finite)
@@ -35,16 +37,24 @@ class LossCollector(Collector):
     def record_validation(self, loss: torch.Tensor | float) -> None:
         """Adds one validation loss (averaged with others reported in the same interval)."""
         value = self._as_scalar(loss)
+        self._follow(value.device)
         self._val.add_(torch.stack([value, torch.ones_like(value)]))
 
     def _as_scalar(self, loss: torch.Tensor | float) -> torch.Tensor:
         if isinstance(loss, torch.Tensor):
             value = loss.detach()
-            value = value.float().mean() if value.numel() != 1 else value.float().reshape(())
-            return value.to(self.device, non_blocking=True)
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            return torch.tensor(float(loss), device=self.device)
+            return value.float().mean() if value.numel() != 1 else value.float().reshape(())
+        if isinstance(loss, numbers.Real) and not isinstance(loss, bool):  # numbers.Real: numpy scalars too
+            return torch.tensor(float(loss), device=self._sum.device)
         raise TypeError(f"loss must be a tensor or a number, got {type(loss).__name__}")
+
+    def _follow(self, device: torch.device) -> None:
+        """Moves the running state to where losses arrive (a model moved after attaching), once."""
+        if device != self._sum.device:
+            self.device = device
+            with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
+                self._sum, self._val = self._sum.to(device), self._val.to(device)
+                self.flags.flags = self.flags.flags.to(device)
 
     def state(self) -> State:
         # Always the same layout, recorded or not: a rank that saw no loss still joins the reduction,

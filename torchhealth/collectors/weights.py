@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from torchhealth.collectors.base import Collector, State, Summary
-from torchhealth.collectors.gradients import LayerSum, ParamEntry, local_tensor, sharded_state
+from torchhealth.collectors.gradients import LayerSum, ParamEntry, current_placement, local_tensor, sharded_state
 
 
 class WeightCollector(Collector):
@@ -35,10 +35,12 @@ class WeightCollector(Collector):
         if not self.params:
             return {}
         weights = self._weights()
+        self.device, self.copies = current_placement(self.params, self.device, self.copies)
         state = sharded_state("w", weights, self.copies, self.device)
         if self._before is not None:
             local = [local_tensor(w) for w in weights]
-            if [t.shape for t in local] == [t.shape for t in self._before]:
+            # a model moved or cast between remembering and now: skip this one update measurement
+            if [(t.shape, t.device, t.dtype) for t in local] == [(t.shape, t.device, t.dtype) for t in self._before]:
                 state.update(sharded_state("dw", torch._foreach_sub(local, self._before), self.copies, self.device))
                 state.update(sharded_state("w0", self._before, self.copies, self.device))
             self._before = None

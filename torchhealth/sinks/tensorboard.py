@@ -7,6 +7,8 @@ from torchhealth.sinks.base import Sink
 from torchhealth.snapshot import Snapshot
 
 TAG_PREFIX = "health"
+FLUSH_SECS = 10
+"""The writer's background thread makes scalars durable at least this often (TensorBoard's default: 120)."""
 ALERTS_TAG = f"{TAG_PREFIX}/alerts"
 DASHBOARD = {
     "Gradients": {
@@ -49,7 +51,7 @@ class TensorBoardSink(Sink):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(self.log_dir)
+            self._writer = SummaryWriter(self.log_dir, flush_secs=FLUSH_SECS)
             self._writer.add_custom_scalars(DASHBOARD)
         return self._writer
 
