@@ -5,6 +5,7 @@ from __future__ import annotations
 from torchhealth.detectors.alert import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
+from torchhealth.detectors.trends import median
 from torchhealth.facts import ModelFacts
 from torchhealth.snapshot import Snapshot
 
@@ -22,6 +23,9 @@ class LossDivergence(Detector):
     otherwise raise its own reference (0.7, 8.5, 20 -> median 8.5), while a loss that starts high and
     falls (a healthy run) only lowers it, which cannot raise a false alarm on a run that keeps falling.
     Late-training bounces (0.01 -> 0.05) stay far below the starting level and are not divergence.
+    A warning needs the median of the last 3 checks at ``RISE`` times the start, so one noisy interval
+    (small batches, noisy targets) is not a rise; a single check at ``CRITICAL_RISE`` times the start
+    is no noise and is critical at once.
     """
 
     kind = "loss_divergence"
@@ -33,14 +37,18 @@ class LossDivergence(Detector):
         start = min(losses[:START_CHECKS])
         if len(losses) < 2 or start <= 0:
             return []
-        rise = snapshot.loss / start
+        level = median(losses[-3:])
+        jump = snapshot.loss / start
+        rise = max(level / start, jump if jump >= CRITICAL_RISE else 0.0)
         rising = snapshot.loss > losses[-2]
         if rise >= CRITICAL_RISE or (rise >= RISE and rising):
             severity = "critical" if rise >= CRITICAL_RISE else "warning"
-            evidence = {"loss": snapshot.loss, "start_loss": start, "rise": rise, "best_loss": min(losses)}
+            evidence = {"loss": snapshot.loss, "recent_median": level, "start_loss": start, "rise": rise,
+                        "best_loss": min(losses)}
             return self.episode(MODEL, facts, step=snapshot.step, severity=severity,
                 layer=None, value=snapshot.loss, evidence=evidence,
-                message=f"training loss {snapshot.loss:.4g} is {rise:.3g}x its starting level {start:.4g} and rising")
+                message=f"training loss {snapshot.loss:.4g} (recent median {level:.4g}) is {rise:.3g}x its "
+                        f"starting level {start:.4g} and rising")
         if rise < RISE:
             self.episodes.healthy(MODEL, snapshot.step)
         return []
