@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import torch
 
-from torchhealth.collectors.base import Collector, State, Summary
+from torchhealth.collectors.base import Collector, State, Summary, host_vector
 from torchhealth.snapshot import TOTAL, Snapshot
 
 ParamEntry = tuple[str, str, torch.nn.Parameter]
@@ -53,7 +53,7 @@ def sharded_state(name: str, tensors: list[torch.Tensor], device: torch.device) 
     sq = squared_norms([t for t, _ in local], device)
     if not any(s for _, s in local):
         return {name: (sq, "mean")}
-    mask = torch.tensor([s for _, s in local], device=device)
+    mask = host_vector([s for _, s in local], device, torch.bool)
     return {name: (torch.where(mask, 0.0, sq), "mean"), name + "_sharded": (torch.where(mask, sq, 0.0), "sum")}
 
 
@@ -74,8 +74,15 @@ class LayerSum:
     def __call__(self, per_param: torch.Tensor) -> torch.Tensor:
         index = self._index.get(per_param.device)
         if index is None:
-            index = self._index[per_param.device] = torch.tensor(self._index_list, device=per_param.device)
+            index = self._index[per_param.device] = host_vector(self._index_list, per_param.device, torch.long)
         return torch.zeros(len(self.layers), device=per_param.device).index_add_(0, index, per_param)
+
+
+def _select(values: torch.Tensor, index: list[int]) -> torch.Tensor:
+    """``values[index]``, skipping the gather (and its host-to-device index copy) when all are kept."""
+    if len(index) == values.numel():
+        return values
+    return values.index_select(0, host_vector(index, values.device, torch.long))
 
 
 class GradientCollector(Collector):
@@ -104,12 +111,12 @@ class GradientCollector(Collector):
         keep = [i for i, layer in enumerate(self.layer_sum.layers) if layer in layers_with_grad]
         layer_norms = self.layer_sum(sq).sqrt()
         out: Summary = [
-            ("grad_norm", [self.layer_sum.layers[i] for i in keep], layer_norms[keep]),
+            ("grad_norm", [self.layer_sum.layers[i] for i in keep], _select(layer_norms, keep)),
             ("grad_norm", [TOTAL], sq.sum().sqrt().reshape(1)),
         ]
         if self.per_parameter:
             idx = [i for i, present in enumerate(self._present) if present]
-            out.append(("param_grad_norm", [self.params[i][0] for i in idx], sq[idx].sqrt()))
+            out.append(("param_grad_norm", [self.params[i][0] for i in idx], _select(sq, idx).sqrt()))
         return out
 
     def finish(self, values, snapshot: Snapshot, interval_start: int) -> None:

@@ -13,24 +13,22 @@ from torchhealth.snapshot import Snapshot
 class LossCollector(Collector):
     """Mean finite loss per check interval, plus the step where the loss first went non-finite.
 
-    Recording a loss launches a few tiny kernels and never synchronizes with the host.
+    Recording a loss is one in-place add into a per-step vector on the device (no host sync);
+    the mean and the non-finite flags are computed from that vector on check steps.
     """
 
     def __init__(self, device: torch.device, interval: int) -> None:
         self.device = device
-        self.flags = StepFlags(interval, device)
-        self._sum = torch.zeros(2, device=device)  # [sum of finite losses, count of finite losses]
+        self.losses = StepFlags(interval, device)  # each step's loss at its offset in the interval
         self._val = torch.zeros(2, device=device)  # [sum of validation losses, count]
-        self._recorded = False
+        self._recorded = 0  # losses recorded this interval (known on the host without a sync)
         self._val_recorded = False
 
     def record(self, loss: torch.Tensor | float, offset: int) -> None:
         """Adds one step's training loss; ``offset`` is the step's position in the check interval."""
-        value = self._as_scalar(loss)
-        finite = torch.isfinite(value)
-        self._sum.add_(torch.stack([torch.where(finite, value, 0.0), finite.float()]))
-        self.flags.mark(offset, ~finite)
-        self._recorded = True
+        if 0 <= offset < self.losses.flags.numel():
+            self.losses.mark(offset, self._as_scalar(loss))
+            self._recorded += 1
 
     def record_validation(self, loss: torch.Tensor | float) -> None:
         """Adds one validation loss (averaged with others reported in the same interval)."""
@@ -44,13 +42,16 @@ class LossCollector(Collector):
             value = value.float().mean() if value.numel() != 1 else value.float().reshape(())
             return value.to(self.device, non_blocking=True)
         if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            return torch.tensor(float(loss), device=self.device)
+            return torch.full((), float(loss), device=self.device)  # a fill: no host-to-device copy
         raise TypeError(f"loss must be a tensor or a number, got {type(loss).__name__}")
 
     def state(self) -> State:
         state: State = {}
         if self._recorded:
-            state.update(loss=(self._sum, "sum"), loss_flags=(self.flags.flags, "sum"))
+            values = self.losses.flags
+            bad = self.losses.bad()
+            finite_sum = torch.where(bad > 0, 0.0, values).sum()
+            state.update(loss=(torch.stack([finite_sum, self._recorded - bad.sum()]), "sum"), loss_flags=(bad, "sum"))
         if self._val_recorded:
             state["val_loss"] = (self._val, "sum")
         return state
@@ -74,7 +75,7 @@ class LossCollector(Collector):
         super().finish(values, snapshot, interval_start)
 
     def reset_interval(self) -> None:
-        self._sum.zero_()
         self._val.zero_()
-        self.flags.reset()
-        self._recorded = self._val_recorded = False
+        self.losses.reset()
+        self._recorded = 0
+        self._val_recorded = False
