@@ -12,7 +12,9 @@ torchhealth steps holds exactly one check (and one sampled forward) at the defau
   ``(out == 0).float().mean().item()`` every step.
 
 Reported per arm: the median over rounds of (arm block time / plain block time in the same
-round), and memory. On CUDA, memory is ``torch.cuda.max_memory_allocated`` during the arm's
+round), and memory. Block time is wall-clock on CUDA (after a synchronize) and, by default, the
+process's CPU time on CPU (``--clock cpu``: all threads of this process, TensorBoard's writer
+thread included), which other processes on a shared machine disturb far less than wall-clock. On CUDA, memory is ``torch.cuda.max_memory_allocated`` during the arm's
 block minus what was allocated when the block started (working memory: activations, gradients,
 the monitor's pre-check weight copy), plus the bytes of tensors the monitor keeps between steps.
 On CPU only the latter is reported (the process RSS cannot be split between arms).
@@ -218,7 +220,7 @@ def sync(device: torch.device) -> None:
 
 # -- the measurement -----------------------------------------------------------------------------
 def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_steps: int,
-            arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
+            clock: Callable[[], float] = time.perf_counter, arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
     """Interleaved blocks of ``block_steps`` steps; returns per-arm medians and ratios."""
     with tempfile.TemporaryDirectory(prefix="torchhealth-bench-") as log_dir:
         runners = [Arm(kind, w, device, log_dir) for kind in arms]
@@ -232,10 +234,10 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                     start_bytes = torch.cuda.memory_allocated()
-                t0 = time.perf_counter()
+                t0 = clock()
                 arm.block(block_steps)
                 sync(device)
-                elapsed = time.perf_counter() - t0
+                elapsed = clock() - t0
                 if r >= warmup:
                     times[arm.kind].append(elapsed / block_steps)
                     if device.type == "cuda":
@@ -254,7 +256,7 @@ def table(results: dict[str, dict[str, dict[str, float]]], device: torch.device)
     cuda = device.type == "cuda"
     head = "| model | arm | step (ms, median) | overhead vs plain | " + (
         "peak working memory (MiB) | " if cuda else "") + "monitor state (KiB) |"
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "---|" * (head.count("|") - 1)]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for model, arms in results.items():
         for arm, r in arms.items():
             overhead = "—" if arm == "plain" else f"{100 * (r['ratio'] - 1):+.1f}%"
@@ -277,10 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--models", default=None, help="comma-separated subset, e.g. mlp16,conv6")
-    parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default: 30 CPU, 40 CUDA)")
+    parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default: 10 CPU, 20 CUDA)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured rounds first")
     parser.add_argument("--block-steps", type=int, default=None,
                         help="steps per block (default: the monitor's log_every, one logging interval)")
+    parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
+                        help="what a block's time is (default: cpu on CPU, wall on CUDA)")
     parser.add_argument("--out", default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -288,19 +292,24 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--device cuda: no CUDA device is available")
     if device.type == "cpu":
         torch.set_num_threads(1)
-    rounds = args.rounds or (30 if device.type == "cpu" else 40)
+    rounds = args.rounds or (10 if device.type == "cpu" else 20)
     block_steps = args.block_steps or torchhealth.MonitorOptions().log_every
+    clock_name = args.clock or ("cpu" if device.type == "cpu" else "wall")
+    if clock_name == "cpu" and device.type == "cuda":
+        raise SystemExit("--clock cpu measures host CPU time only; use --clock wall with --device cuda")
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
     results = {}
     for w in workloads(args.device, args.models.split(",") if args.models else None):
         t0 = time.perf_counter()
-        results[w.name] = measure(w, device, rounds, args.warmup, block_steps)
+        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock)
         th = results[w.name]["torchhealth"]
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "
               f"{100 * (th['ratio'] - 1):+.1f}% ({time.perf_counter() - t0:.0f}s)", flush=True)
     defaults = torchhealth.MonitorOptions()
     text = (f"Machine: {machine(device)}. Defaults: check_every={defaults.check_every}, "
             f"log_every={defaults.log_every}, sample_every={defaults.sample_every}. "
-            f"{rounds} interleaved rounds of {block_steps} steps per arm; overhead is the median "
+            f"{rounds} interleaved rounds of {block_steps} steps per arm, timed by "
+            f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}; overhead is the median "
             f"per-round ratio to plain.\n\n" + table(results, device) + "\n")
     print(text)
     if args.out:

@@ -37,6 +37,8 @@ def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
 
 def local_tensor(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """The rank-local part of ``t`` and whether ``t`` is sharded across ranks (FSDP's DTensor)."""
+    if type(t) is torch.Tensor:  # the common case, without hasattr's failed lookups
+        return t, False
     if hasattr(t, "to_local") and hasattr(t, "placements"):
         sharded = any(p.is_shard() for p in t.placements)
         return t.to_local(), sharded
