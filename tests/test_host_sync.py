@@ -137,7 +137,7 @@ def test_a_planted_host_read_is_caught(plant, monkeypatch):
         monkeypatch.setattr(base.StepFlags, "mark", lambda self, offset, value: (value.item(), record(self, offset, value)))
     else:
         observe = activations.Site.observe
-        monkeypatch.setattr(activations.Site, "observe", lambda self, x, offset: (bool(x.amax() > 0), observe(self, x, offset)))
+        monkeypatch.setattr(activations.Site, "observe", lambda self, x: (bool(x.amax() > 0), observe(self, x)))
     per_step, monitor = counted_steps(7, check_every=5, log_every=5, sample_every=3)
     planted_step = 3  # unchecked; its forward is sampled
     assert per_step[planted_step][0], "the counter missed a planted host read"

@@ -102,6 +102,7 @@ class Monitor:
         step = self.step_count
         if loss is not None:
             self.guard.call("collector loss", self.loss_collector.record, loss, step - self._interval_start)
+        self.guard.call("collector activations", self.activations.file_step, step - self._interval_start)
         if val_loss is not None:
             self.log_validation(val_loss)
         new: list[Alert] = []
@@ -111,7 +112,6 @@ class Monitor:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
         self.activations.sampling = self.step_count % self.options.sample_every == 0
-        self.activations.offset = self.step_count - self._interval_start
         self._deliver(new)
         return new
 

@@ -52,16 +52,21 @@ class Site:
         self.numel = 0  # outputs seen this interval (host-side: shapes are known without a sync)
         self.flags = StepFlags(interval, device)
         self.window_samples = 0
+        # What this step's forwards saw, filed by ``file_step`` outside the forward: a hook that read
+        # changing Python numbers (step offset, running counts) would recompile under torch.compile.
+        self.step_max = torch.zeros((), device=device)  # sum of this step's output maxima (non-finite marker)
+        self.step_counts: list[tuple[int, int]] = []  # (outputs, samples) per forward this step
         self._reduce_dims: tuple[int, ...] | None = None
 
-    def observe(self, x: torch.Tensor, offset: int) -> None:
+    def observe(self, x: torch.Tensor) -> None:
         """Adds one output tensor's statistics. No host synchronization."""
         if x.device != self.fires.device:
-            self.fires, self.positive, self.off = (t.to(x.device) for t in (self.fires, self.positive, self.off))
+            self.fires, self.positive, self.off, self.step_max = (
+                t.to(x.device) for t in (self.fires, self.positive, self.off, self.step_max))
             self.flags.to(x.device)
         # The largest output is NaN when any is, and +Inf when any is: activation outputs are never
         # -Inf (ReLU clamps it to 0, sigmoid/tanh are bounded), so one amax replaces a finiteness test.
-        self.flags.mark(offset, x.amax())
+        self.step_max.add_(x.amax())
         if self.kind == "relu":
             # ReLU outputs are >= 0, so sign() is 1 where positive and 0 where off (NaN aside, which is
             # flagged above); a float sum of it is several times faster on CPU than (x > 0).sum(dims).
@@ -71,8 +76,8 @@ class Site:
         else:
             centred = x.abs() if self.kind == "tanh" else (x - 0.5).abs()  # |2(x - 0.5)| > L  <=>  |x - 0.5| > L/2
             self.off.add_((centred > (SATURATION_LEVEL if self.kind == "tanh" else SATURATION_LEVEL / 2)).sum())
-        self.numel += x.numel()
-        self.window_samples += x.shape[0] if self.axis == 1 or self.axis is None else x.numel() // max(self.units, 1)
+        self.step_counts.append(
+            (x.numel(), x.shape[0] if self.axis == 1 or self.axis is None else x.numel() // max(self.units, 1)))
 
     def _dims(self, x: torch.Tensor) -> tuple[int, ...] | None:
         if self.axis is None:
@@ -92,7 +97,7 @@ class ActivationCollector(Collector):
         self.interval = interval
         self.window_samples = window_samples
         self.sampling = True
-        self.offset = 0
+        self._observed: list[Site] = []  # sites that saw outputs since the last ``file_step``
         self.sites: dict[tuple[str, int], Site] = {}
         self._calls: dict[str, int] = {}
         self._names = {m: clean_name(n) for n, m in self.model.named_modules()}
@@ -117,6 +122,10 @@ class ActivationCollector(Collector):
     def _on_model_start(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
         if not self.sampling or not (self._discovering or (self._functional and self._has_functional())):
+            return
+        if torch.compiler.is_compiling():
+            # Global hooks and a function mode cannot be set up inside a compiled graph (a graph
+            # break); under torch.compile only activation modules are watched (docs/performance.md).
             return
         self._stack = [self.model]
         wrap = self._guard.wrap
@@ -180,10 +189,31 @@ class ActivationCollector(Collector):
             self.facts.note_forward(site_name)
         elif (x.shape[site.axis] if site.axis is not None else 1) != site.units:
             return  # a capped site seeing another width: skip rather than mix units
-        site.observe(x, self.offset)
+        site.observe(x)
+        self._observed.append(site)
 
     def _has_functional(self) -> bool:
         return any(":" in name for name, _ in self.sites)
+
+    def file_step(self, offset: int) -> None:
+        """Files what this step's forwards saw under the step's ``offset`` in the check interval.
+
+        Called by the monitor once per step, outside the forward; returns at once on steps whose
+        forwards were not sampled. Two launches for all sites, no host synchronization.
+        """
+        if not self._observed:
+            return
+        sites = list(dict.fromkeys(self._observed))
+        self._observed.clear()
+        for site in sites:
+            for numel, samples in site.step_counts:
+                site.numel += numel
+                site.window_samples += samples
+            site.step_counts.clear()
+        slots = [site.flags.slot(offset) for site in sites]
+        if slots[0] is not None:
+            torch._foreach_add_(slots, [site.step_max for site in sites])
+        torch._foreach_zero_([site.step_max for site in sites])
 
     # -- collector contract --------------------------------------------------------------------
     def state(self) -> State:

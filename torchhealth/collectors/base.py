@@ -76,6 +76,10 @@ class StepFlags:
         self.flags = self.flags.to(device)
         self._slots = self.flags.unbind()
 
+    def slot(self, offset: int) -> torch.Tensor | None:
+        """The 0-d view at ``offset`` (None outside the interval), for batched in-place adds."""
+        return self._slots[offset] if 0 <= offset < len(self._slots) else None
+
     def mark(self, offset: int, value: torch.Tensor) -> None:
         """Adds ``value`` (a 0-d tensor; non-finite marks the step bad) at ``offset``."""
         if 0 <= offset < len(self._slots):
