@@ -129,7 +129,7 @@ def workloads(device: str, names: list[str] | None) -> list[Workload]:
     }
     if device == "cuda":
         builders["resnet50"] = resnet50
-        builders["mlp24"] = lambda: mlp(24, 1024, 256, device)
+        builders["mlp24"] = lambda: mlp(24, 1024, 512, device)
     out = []
     for name in names or list(builders):
         if name not in builders:
@@ -220,8 +220,14 @@ def sync(device: torch.device) -> None:
 
 # -- the measurement -----------------------------------------------------------------------------
 def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_steps: int,
-            clock: Callable[[], float] = time.perf_counter, arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
-    """Interleaved blocks of ``block_steps`` steps; returns per-arm medians and ratios."""
+            clock: Callable[[], float] = time.perf_counter, budget_s: float = float("inf"),
+            arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
+    """Interleaved blocks of ``block_steps`` steps; returns per-arm medians and ratios.
+
+    Stops after ``rounds`` measured rounds, or earlier (but after at least 3) once ``budget_s``
+    seconds of wall-clock have passed.
+    """
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="torchhealth-bench-") as log_dir:
         runners = [Arm(kind, w, device, log_dir) for kind in arms]
         times: dict[str, list[float]] = {a: [] for a in arms}
@@ -243,24 +249,27 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
                     if device.type == "cuda":
                         peak[arm.kind] = max(peak[arm.kind], torch.cuda.max_memory_allocated() - start_bytes)
                 state[arm.kind] = max(state[arm.kind], arm.state_bytes())
+            if r + 1 - warmup >= 3 and time.perf_counter() - started > budget_s:
+                print(f"  {w.name}: time budget reached after {r + 1 - warmup} measured rounds", flush=True)
+                break
         for arm in runners:
             if arm.monitor is not None:
                 arm.monitor.close()
     plain = times["plain"]
     return {a: {"step_ms": 1e3 * statistics.median(times[a]),
                 "ratio": statistics.median(t / p for t, p in zip(times[a], plain)),
-                "peak_bytes": peak[a], "state_bytes": state[a]} for a in arms}
+                "peak_bytes": peak[a], "state_bytes": state[a], "rounds": len(times[a])} for a in arms}
 
 
 def table(results: dict[str, dict[str, dict[str, float]]], device: torch.device) -> str:
     cuda = device.type == "cuda"
-    head = "| model | arm | step (ms, median) | overhead vs plain | " + (
+    head = "| model | rounds | arm | step (ms, median) | overhead vs plain | " + (
         "peak working memory (MiB) | " if cuda else "") + "monitor state (KiB) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for model, arms in results.items():
         for arm, r in arms.items():
             overhead = "—" if arm == "plain" else f"{100 * (r['ratio'] - 1):+.1f}%"
-            row = f"| {model} | {arm} | {r['step_ms']:.2f} | {overhead} | "
+            row = f"| {model} | {r['rounds']} | {arm} | {r['step_ms']:.2f} | {overhead} | "
             if cuda:
                 row += f"{r['peak_bytes'] / 2**20:.1f} | "
             row += f"{r['state_bytes'] / 2**10:.1f} |"
@@ -283,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured rounds first")
     parser.add_argument("--block-steps", type=int, default=None,
                         help="steps per block (default: the monitor's log_every, one logging interval)")
+    parser.add_argument("--budget-s", type=float, default=float("inf"),
+                        help="wall-clock seconds per model after which measuring stops (at least 3 rounds)")
     parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
                         help="what a block's time is (default: cpu on CPU, wall on CUDA)")
     parser.add_argument("--out", default=None, help="write the markdown table here")
@@ -301,14 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for w in workloads(args.device, args.models.split(",") if args.models else None):
         t0 = time.perf_counter()
-        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock)
+        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, args.budget_s)
         th = results[w.name]["torchhealth"]
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "
               f"{100 * (th['ratio'] - 1):+.1f}% ({time.perf_counter() - t0:.0f}s)", flush=True)
     defaults = torchhealth.MonitorOptions()
     text = (f"Machine: {machine(device)}. Defaults: check_every={defaults.check_every}, "
             f"log_every={defaults.log_every}, sample_every={defaults.sample_every}. "
-            f"{rounds} interleaved rounds of {block_steps} steps per arm, timed by "
+            f"Up to {rounds} interleaved rounds (column rounds) of {block_steps} steps per arm, timed by "
             f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}; overhead is the median "
             f"per-round ratio to plain.\n\n" + table(results, device) + "\n")
     print(text)
