@@ -96,7 +96,9 @@ class ActivationCollector(Collector):
         self.facts = facts
         self.interval = interval
         self.window_samples = window_samples
-        self.sampling = True
+        self._sampling = True
+        self._compiled = False  # set once a forward runs under torch.compile: hooks then stay
+        self._activation_handles: list[RemovableHandle] = []
         self._observed: list[Site] = []  # sites that saw outputs since the last ``file_step``
         self.sites: dict[tuple[str, int], Site] = {}
         self._calls: dict[str, int] = {}
@@ -115,12 +117,39 @@ class ActivationCollector(Collector):
             self.model.register_forward_pre_hook(wrap("activation hooks", self._on_model_start)),
             self.model.register_forward_hook(wrap("activation hooks", self._on_model_end), always_call=True),
         ]
-        for module in self._hooked:  # unguarded: it only tests a flag before calling guarded code
-            self.handles.append(module.register_forward_hook(self._on_activation))
+        self._install_activation_hooks()
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the next forwards are sampled. Set by the monitor before each step's forward."""
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, on: bool) -> None:
+        # In eager mode the activation modules carry hooks only for sampled forwards: any forward
+        # hook sends a module call down PyTorch's slow path, even one that returns at once. A
+        # compiled forward keeps the hooks it was traced with (hooks changed later are not seen),
+        # so once one has run the hooks stay and test ``sampling`` themselves.
+        self._sampling = on
+        if on or self._compiled:
+            self._install_activation_hooks()
+        else:
+            self._remove_activation_hooks()
+
+    def _install_activation_hooks(self) -> None:
+        if not self._activation_handles:  # unguarded: the hook tests a flag before calling guarded code
+            self._activation_handles = [m.register_forward_hook(self._on_activation) for m in self._hooked]
+
+    def _remove_activation_hooks(self) -> None:
+        for handle in self._activation_handles:
+            handle.remove()
+        self._activation_handles = []
 
     # -- hooks ---------------------------------------------------------------------------------
     def _on_model_start(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
+        if torch.compiler.is_compiling():
+            self._compiled = True
         if not self.sampling or not (self._discovering or (self._functional and self._has_functional())):
             return
         if torch.compiler.is_compiling():
@@ -287,9 +316,9 @@ class ActivationCollector(Collector):
     def close(self) -> None:
         if self._mode is not None:
             self._on_model_end(self.model, (), None)
-        for handle in self.handles + self._global_handles:
+        for handle in self.handles + self._global_handles + self._activation_handles:
             handle.remove()
-        self.handles, self._global_handles = [], []
+        self.handles, self._global_handles, self._activation_handles = [], [], []
 
 
 class _FunctionalActivationMode(TorchFunctionMode):
