@@ -44,6 +44,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torchhealth  # noqa: E402
+from torchhealth.collectors.base import state_nbytes  # noqa: E402
 
 ARMS = ("plain", "torchhealth", "grad_norm_item", "+relu_sparsity_item")
 
@@ -182,35 +183,7 @@ class Arm:
         """Bytes of the tensors the monitor holds (0 for the other arms)."""
         if self.monitor is None:
             return 0
-        return tensor_bytes([c for c in self.monitor.collectors.values()])
-
-
-def tensor_bytes(roots: list[object]) -> int:
-    """Bytes of every distinct tensor reachable through attributes, lists and dicts of ``roots``
-    (parameters and their gradients, which training holds anyway, are not counted)."""
-    seen_obj, seen_storage, total = set(), set(), 0
-    stack = list(roots)
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen_obj:
-            continue
-        seen_obj.add(id(obj))
-        if isinstance(obj, nn.Parameter) or isinstance(obj, nn.Module):
-            continue
-        if isinstance(obj, torch.Tensor):
-            key = obj.untyped_storage().data_ptr()
-            if key not in seen_storage:
-                seen_storage.add(key)
-                total += obj.untyped_storage().nbytes()
-            continue
-        if isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set)):
-            stack.extend(obj)
-        elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("torchhealth"):
-            stack.extend(vars(obj).values())
-    return total
+        return state_nbytes(list(self.monitor.collectors.values()))
 
 
 def sync(device: torch.device) -> None:
@@ -289,11 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--models", default=None, help="comma-separated subset, e.g. mlp16,conv6")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default: 10 CPU, 20 CUDA)")
-    parser.add_argument("--warmup", type=int, default=3, help="unmeasured rounds first")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     parser.add_argument("--block-steps", type=int, default=None,
                         help="steps per block (default: the monitor's log_every, one logging interval)")
-    parser.add_argument("--budget-s", type=float, default=float("inf"),
-                        help="wall-clock seconds per model after which measuring stops (at least 3 rounds)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall-clock seconds per model after which measuring stops, at least 3 rounds "
+                             "(default: 60 on CPU, none on CUDA)")
     parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
                         help="what a block's time is (default: cpu on CPU, wall on CUDA)")
     parser.add_argument("--out", default=None, help="write the markdown table here")
@@ -312,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for w in workloads(args.device, args.models.split(",") if args.models else None):
         t0 = time.perf_counter()
-        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, args.budget_s)
+        budget = args.budget_s if args.budget_s is not None else (60.0 if device.type == "cpu" else float("inf"))
+        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget)
         th = results[w.name]["torchhealth"]
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "
               f"{100 * (th['ratio'] - 1):+.1f}% ({time.perf_counter() - t0:.0f}s)", flush=True)

@@ -262,7 +262,7 @@ class ActivationCollector(Collector):
             "off": (off, "sum"),
             "numel": (numel, "sum"),
             "fires": (fires, "sum"),
-            "flags": (torch.stack([s.flags.bad().to(device) for s in self._order]), "sum"),
+            "flags": ((~torch.isfinite(torch.stack([s.flags.flags.to(device) for s in self._order]))).float(), "sum"),
             "samples": (samples, "sum"),
         }
 

@@ -113,3 +113,30 @@ def host_vector(values: list[float] | list[int], device: torch.device, dtype: to
     if device.type != "cuda":
         return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)
+
+
+def state_nbytes(*roots: object) -> int:
+    """Bytes of the distinct tensor storages held by ``roots`` (torchhealth objects, lists, dicts).
+
+    Parameters, gradients and modules are not followed: training holds them anyway. Used to show
+    that monitor state is O(parameters + units) and does not grow with the number of steps.
+    """
+    seen: set[int] = set()
+    storages: dict[int, int] = {}
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (torch.nn.Parameter, torch.nn.Module)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(obj, dict):
+            stack += list(obj.keys()) + list(obj.values())
+        elif isinstance(obj, (list, tuple, set)):
+            stack += list(obj)
+        elif type(obj).__module__.startswith("torchhealth") and hasattr(obj, "__dict__"):
+            stack += list(vars(obj).values())
+    return sum(storages.values())
+
