@@ -194,55 +194,85 @@ def sync(device: torch.device) -> None:
 # -- the measurement -----------------------------------------------------------------------------
 def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_steps: int,
             clock: Callable[[], float] = time.perf_counter, budget_s: float = float("inf"),
-            arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
-    """Interleaved blocks of ``block_steps`` steps; returns per-arm medians and ratios.
+            per_step: bool = False, arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
+    """Interleaved rounds of ``block_steps`` steps per arm; returns per-arm step times and ratios.
 
-    Stops after ``rounds`` measured rounds, or earlier (but after at least 3) once ``budget_s``
-    seconds of wall-clock have passed.
+    A round interleaves whole blocks (A's block, B's block, ...) or, with ``per_step``, single steps
+    (A B C D A B C D ...). With ``per_step`` the overhead is robust to noise from other processes:
+    steps are classed by their position in the logging interval (log, check, the step before a
+    check, other), each class's time is its median over all rounds, and a step's amortized time is
+    the count-weighted mean of the class medians. Stops after ``rounds`` measured rounds, or earlier
+    (but after at least 3) once ``budget_s`` seconds of wall-clock have passed.
     """
     started = time.perf_counter()
+    check_every = torchhealth.MonitorOptions().check_every
     with tempfile.TemporaryDirectory(prefix="torchhealth-bench-") as log_dir:
         runners = [Arm(kind, w, device, log_dir) for kind in arms]
-        times: dict[str, list[float]] = {a: [] for a in arms}
+        by_position: dict[str, list[list[float]]] = {a: [[] for _ in range(block_steps)] for a in arms}
+        per_round: dict[str, list[float]] = {a: [] for a in arms}
         peak: dict[str, int] = {a: 0 for a in arms}
         state: dict[str, int] = {a: 0 for a in arms}
         for r in range(warmup + rounds):
             order = runners[r % len(runners):] + runners[:r % len(runners)]
-            for arm in order:
-                sync(device)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                    start_bytes = torch.cuda.memory_allocated()
-                t0 = clock()
-                arm.block(block_steps)
-                sync(device)
-                elapsed = clock() - t0
-                if r >= warmup:
-                    times[arm.kind].append(elapsed / block_steps)
+            round_times = {a: 0.0 for a in arms}
+            for chunk in (range(block_steps) if per_step else [None]):
+                for arm in order:
+                    sync(device)
                     if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                        start_bytes = torch.cuda.memory_allocated()
+                    t0 = clock()
+                    arm.block(1 if per_step else block_steps)
+                    sync(device)
+                    elapsed = clock() - t0
+                    round_times[arm.kind] += elapsed
+                    if r >= warmup and per_step:
+                        by_position[arm.kind][chunk].append(elapsed)
+                    if r >= warmup and device.type == "cuda":
                         peak[arm.kind] = max(peak[arm.kind], torch.cuda.max_memory_allocated() - start_bytes)
+            for arm in runners:
                 state[arm.kind] = max(state[arm.kind], arm.state_bytes())
+                if r >= warmup:
+                    per_round[arm.kind].append(round_times[arm.kind] / block_steps)
             if r + 1 - warmup >= 3 and time.perf_counter() - started > budget_s:
                 print(f"  {w.name}: time budget reached after {r + 1 - warmup} measured rounds", flush=True)
                 break
         for arm in runners:
             if arm.monitor is not None:
                 arm.monitor.close()
-    plain = times["plain"]
-    return {a: {"step_ms": 1e3 * statistics.median(times[a]),
-                "ratio": statistics.median(t / p for t, p in zip(times[a], plain)),
-                "peak_bytes": peak[a], "state_bytes": state[a], "rounds": len(times[a])} for a in arms}
+
+    def amortized(kind: str) -> float:
+        if not per_step:
+            return statistics.median(per_round[kind])
+        classes: dict[str, list[float]] = {}
+        counts: dict[str, int] = {}
+        for position, samples in enumerate(by_position[kind]):
+            cls = ("first" if position == 0 else "check" if position % check_every == 0
+                   else "before check" if (position + 1) % check_every == 0 else "other")
+            classes.setdefault(cls, []).extend(samples)
+            counts[cls] = counts.get(cls, 0) + 1
+        return sum(counts[c] * statistics.median(v) for c, v in classes.items()) / block_steps
+
+    plain = per_round["plain"]
+    out = {}
+    for a in arms:
+        ratios = sorted(t / p for t, p in zip(per_round[a], plain))
+        out[a] = {"step_ms": 1e3 * amortized(a), "ratio": amortized(a) / amortized("plain"),
+                  "ratio_q1": ratios[len(ratios) // 4], "ratio_q3": ratios[(3 * len(ratios)) // 4],
+                  "peak_bytes": peak[a], "state_bytes": state[a], "rounds": len(per_round[a])}
+    return out
 
 
 def table(results: dict[str, dict[str, dict[str, float]]], device: torch.device) -> str:
     cuda = device.type == "cuda"
-    head = "| model | rounds | arm | step (ms, median) | overhead vs plain | " + (
+    head = "| model | rounds | arm | step (ms, median) | overhead vs plain | middle half of rounds | " + (
         "peak working memory (MiB) | " if cuda else "") + "monitor state (KiB) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for model, arms in results.items():
         for arm, r in arms.items():
             overhead = "—" if arm == "plain" else f"{100 * (r['ratio'] - 1):+.1f}%"
-            row = f"| {model} | {r['rounds']} | {arm} | {r['step_ms']:.2f} | {overhead} | "
+            spread = "—" if arm == "plain" else f"{100 * (r['ratio_q1'] - 1):+.1f}% .. {100 * (r['ratio_q3'] - 1):+.1f}%"
+            row = f"| {model} | {r['rounds']} | {arm} | {r['step_ms']:.2f} | {overhead} | {spread} | "
             if cuda:
                 row += f"{r['peak_bytes'] / 2**20:.1f} | "
             row += f"{r['state_bytes'] / 2**10:.1f} |"
@@ -268,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=None,
                         help="wall-clock seconds per model after which measuring stops, at least 3 rounds "
                              "(default: 60 on CPU, none on CUDA)")
+    parser.add_argument("--interleave", default=None, choices=["step", "block"],
+                        help="alternate single steps or whole blocks (default: step on CPU, block on CUDA, "
+                             "where timing single steps would add a synchronize per step)")
     parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
                         help="what a block's time is (default: cpu on CPU, wall on CUDA)")
     parser.add_argument("--out", default=None, help="write the markdown table here")
@@ -287,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     for w in workloads(args.device, args.models.split(",") if args.models else None):
         t0 = time.perf_counter()
         budget = args.budget_s if args.budget_s is not None else (60.0 if device.type == "cpu" else float("inf"))
-        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget)
+        per_step = (args.interleave or ("step" if device.type == "cpu" else "block")) == "step"
+        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget, per_step)
         th = results[w.name]["torchhealth"]
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "
               f"{100 * (th['ratio'] - 1):+.1f}% ({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -295,8 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"Machine: {machine(device)}. Defaults: check_every={defaults.check_every}, "
             f"log_every={defaults.log_every}, sample_every={defaults.sample_every}. "
             f"Up to {rounds} interleaved rounds (column rounds) of {block_steps} steps per arm, timed by "
-            f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}; overhead is the median "
-            f"per-round ratio to plain.\n\n" + table(results, device) + "\n")
+            f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}, interleaved by "
+            f"{args.interleave or ('step' if device.type == 'cpu' else 'block')}. "
+            + ("Step time: count-weighted mean of the median times of the steps of each kind in the logging "
+               "interval (log, check, before a check, other); " if (args.interleave or device.type) in ("step", "cpu")
+               else "Step time: median block time / steps; ")
+            + "the last column but one is the middle half of the per-round ratios to plain.\n\n" + table(results, device) + "\n")
     print(text)
     if args.out:
         with open(args.out, "w") as f:
