@@ -12,6 +12,9 @@ from typing import Any, Sequence
 DEFAULT_DEMO_DIR = os.path.join("runs", "torchhealth-demo")
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow"}
 PIP_NAMES = {"sklearn": "scikit-learn"}
+DEMO_LOG_EVERY = 10
+"""Demo runs are a few hundred steps: every check goes to TensorBoard so the dashboard shows curves
+(the Monitor's default, 100, is sized for the per-step cost of long runs)."""
 """Modules whose pip package has another name."""
 
 
@@ -88,6 +91,7 @@ def _demo(args: argparse.Namespace) -> int:
             try:
                 result = scenarios.run_scenario(
                     scenario, steps=steps, log_dir=os.path.join(args.logdir, name), on_step=on_step,
+                    log_every=DEMO_LOG_EVERY,
                     on_alert=[lambda alert: _print_alert(console, alert.to_dict())])
             except ModuleNotFoundError as exc:  # the scenarios' data sets come from optional packages
                 package = PIP_NAMES.get((exc.name or "").split(".")[0], exc.name)

@@ -124,6 +124,7 @@ class Monitor:
         step = self.step_count
         if loss is not None:
             self.log_loss(loss)
+        self.guard.call("collector activations", self.activations.file_step, step - self._interval_start)
         if val_loss is not None:
             self.log_validation(val_loss)
         new: list[Alert] = []
@@ -133,7 +134,6 @@ class Monitor:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
         self.activations.sampling = self.step_count % self.options.sample_every == 0
-        self.activations.offset = self.step_count - self._interval_start
         self._deliver(new)
         return new
 
@@ -180,7 +180,6 @@ class Monitor:
         self.step_count = self._interval_start = state["step"]
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.reset_interval)
-        self.activations.offset = 0
         self.activations.sampling = self.step_count % self.options.sample_every == 0
 
     # -- driven from outside: torchhealth.watch() and the Lightning / Hugging Face callbacks --------

@@ -30,7 +30,7 @@ class MonitorOptions:
     """
 
     check_every: int = 10
-    log_every: int = 10
+    log_every: int = 100
     sample_every: int = 10
     window_samples: int = 1024
     on_alert: Any = "log"

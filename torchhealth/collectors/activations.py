@@ -18,7 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from torchhealth.collectors.base import NONFINITE, Collector, State, StepFlags, Summary
+from torchhealth.collectors.base import NONFINITE, Collector, State, StepFlags, Summary, host_vector
 from torchhealth.facts import ModelFacts
 from torchhealth.safety import Guard
 from torchhealth.layers import ROOT_NAME, activation_kind, clean_name, unit_axis, unwrap
@@ -37,38 +37,58 @@ FUNCTIONAL_ACTIVATIONS: dict[Callable[..., Any], str] = {
 
 
 class Site:
-    """Running statistics of one activation site, on the device of its outputs."""
+    """Running statistics of one activation site, on the device of its outputs.
+
+    A sampled forward costs five small kernels at a ReLU site (sign, sum, add; amax, add) and
+    six at a sigmoid/tanh site; everything derived (zero fraction, window totals) is computed in
+    the check, batched over all sites.
+    """
 
     def __init__(self, name: str, kind: str, units: int, axis: int | None, device: torch.device, interval: int):
         self.name, self.kind, self.units, self.axis = name, kind, units, axis
         # normal tensors even when the first call comes from an eval under torch.inference_mode():
         # inference tensors could never be updated in place by the training forwards that follow
         with torch.inference_mode(False):
-            self.fires = torch.zeros(units, device=device)  # per-unit count of positive outputs, this window
-            self.off = torch.zeros((), device=device)  # zero (ReLU) or saturated outputs, this interval
+            self.fires = torch.zeros(units, device=device)  # per-unit positive outputs, this window before this interval
+            self.positive = torch.zeros(units, device=device)  # per-unit positive outputs, this interval (ReLU)
+            self.off = torch.zeros((), device=device)  # saturated outputs, this interval (sigmoid/tanh)
             self.flags = StepFlags(interval, device)
+            # What this step's forwards saw, filed by ``file_step`` outside the forward: a hook that read
+            # changing Python numbers (step offset, running counts) would recompile under torch.compile.
+            self.step_max = torch.zeros((), device=device)  # sum of this step's output maxima (non-finite marker)
         self.numel = 0  # outputs seen this interval (host-side: shapes are known without a sync)
         self.window_samples = 0
+        self.step_counts: list[tuple[int, int]] = []  # (outputs, samples) per forward this step
+        self._reduce_dims: tuple[int, ...] | None = None
 
-    def observe(self, x: torch.Tensor, offset: int) -> None:
+    def observe(self, x: torch.Tensor) -> None:
         """Adds one output tensor's statistics. No host synchronization."""
         if x.device != self.fires.device:
             with torch.inference_mode(False):
-                self.fires, self.off = self.fires.to(x.device), self.off.to(x.device)
-                self.flags.flags = self.flags.flags.to(x.device)
-        dims = tuple(d for d in range(x.dim()) if d != self.axis)
-        per_unit_sum = x.sum(dim=dims, dtype=torch.float32) if self.axis is not None else x.sum(dtype=torch.float32)
-        self.flags.mark(offset, ~torch.isfinite(per_unit_sum).all())
+                self.fires, self.positive, self.off, self.step_max = (
+                    t.to(x.device) for t in (self.fires, self.positive, self.off, self.step_max))
+                self.flags.to(x.device)
+        # The largest output is NaN when any is, and +Inf when any is: activation outputs are never
+        # -Inf (ReLU clamps it to 0, sigmoid/tanh are bounded), so one amax replaces a finiteness test.
+        self.step_max.add_(x.amax())
         if self.kind == "relu":
-            positive = (x > 0).sum(dim=dims) if self.axis is not None else (x > 0).sum()
-            self.fires.add_(positive)
-            off = x.numel() - positive.sum()
+            # ReLU outputs are >= 0, so sign() is 1 where positive and 0 where off (NaN aside, which is
+            # flagged above); a float sum of it is several times faster on CPU than (x > 0).sum(dims).
+            dims = self._dims(x)
+            signs = x.sign()
+            self.positive.add_(signs.sum(dim=dims, dtype=torch.float32) if dims is not None else signs.sum(dtype=torch.float32))
         else:
-            centred = x if self.kind == "tanh" else (x - 0.5) * 2
-            off = (centred.abs() > SATURATION_LEVEL).sum()
-        self.off.add_(off)
-        self.numel += x.numel()
-        self.window_samples += x.shape[0] if self.axis == 1 or self.axis is None else x.numel() // max(self.units, 1)
+            centred = x.abs() if self.kind == "tanh" else (x - 0.5).abs()  # |2(x - 0.5)| > L  <=>  |x - 0.5| > L/2
+            self.off.add_((centred > (SATURATION_LEVEL if self.kind == "tanh" else SATURATION_LEVEL / 2)).sum())
+        self.step_counts.append(
+            (x.numel(), x.shape[0] if self.axis == 1 or self.axis is None else x.numel() // max(self.units, 1)))
+
+    def _dims(self, x: torch.Tensor) -> tuple[int, ...] | None:
+        if self.axis is None:
+            return None
+        if self._reduce_dims is None or len(self._reduce_dims) != x.dim() - 1:
+            self._reduce_dims = tuple(d for d in range(x.dim()) if d != self.axis)
+        return self._reduce_dims
 
 
 class ActivationCollector(Collector):
@@ -80,8 +100,10 @@ class ActivationCollector(Collector):
         self.facts = facts
         self.interval = interval
         self.window_samples = window_samples
-        self.sampling = True
-        self.offset = 0
+        self._sampling = True
+        self._compiled = False  # set once a forward runs under torch.compile: hooks then stay
+        self._activation_handles: list[RemovableHandle] = []
+        self._observed: list[Site] = []  # sites that saw outputs since the last ``file_step``
         self.sites: dict[tuple[str, int], Site] = {}
         self._calls: dict[str, int] = {}
         self._names = {m: clean_name(n) for n, m in self.model.named_modules()}
@@ -91,6 +113,8 @@ class ActivationCollector(Collector):
         self._stack: list[nn.Module] = []
         self._mode: _FunctionalActivationMode | None = None
         self._global_handles: list[RemovableHandle] = []
+        self._segment_key: tuple | None = None
+        self._segment_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._guard = guard or Guard(strict=True)
         wrap = self._guard.wrap
         self.handles: list[RemovableHandle] = [
@@ -98,15 +122,47 @@ class ActivationCollector(Collector):
             # not switched off with the other hooks: it must always leave the function mode and global hooks
             self.model.register_forward_hook(wrap("activation cleanup", self._on_model_end), always_call=True),
         ]
-        for module in self._hooked:
-            self.handles.append(module.register_forward_hook(wrap("activation hooks", self._on_activation)))
+        self._install_activation_hooks()
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the next forwards are sampled. Set by the monitor before each step's forward."""
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, on: bool) -> None:
+        # In eager mode the activation modules carry hooks only for sampled forwards: any forward
+        # hook sends a module call down PyTorch's slow path, even one that returns at once. A
+        # compiled forward keeps the hooks it was traced with (hooks changed later are not seen),
+        # so once one has run the hooks stay and test ``sampling`` themselves.
+        self._sampling = on
+        if on or self._compiled:
+            self._install_activation_hooks()
+        else:
+            self._remove_activation_hooks()
+
+    def _install_activation_hooks(self) -> None:
+        # unguarded: the hook tests a flag before calling guarded code; no model handles: closed, stays off
+        if not self._activation_handles and self.handles:
+            self._activation_handles = [m.register_forward_hook(self._on_activation) for m in self._hooked]
+
+    def _remove_activation_hooks(self) -> None:
+        for handle in self._activation_handles:
+            handle.remove()
+        self._activation_handles = []
 
     # -- hooks ---------------------------------------------------------------------------------
     def _on_model_start(self, module: nn.Module, args: Any) -> None:
         if self._mode is not None or self._global_handles:
             self._on_model_end(self.model, (), None)  # a forward interrupted by a BaseException left them
         self._calls.clear()
+        if torch.compiler.is_compiling():
+            self._compiled = True
         if not self.sampling or not (self._discovering or (self._functional and self._has_functional())):
+            return
+        if torch.compiler.is_compiling():
+            # Global hooks and a function mode cannot be set up inside a compiled graph (a graph
+            # break); under torch.compile only activation modules are watched (docs/performance.md).
             return
         self._stack = [self.model]
         wrap = self._guard.wrap
@@ -140,10 +196,11 @@ class ActivationCollector(Collector):
             self._stack.pop()
 
     def _on_activation(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self.sampling or _recomputing():
+        if not self.sampling:  # the cost of an unsampled forward: this test, once per activation module
             return
-        name = self._names[module]
-        self._observe(name, activation_kind(module), output)  # type: ignore[arg-type]
+        if not torch.compiler.is_compiling() and _recomputing():  # folded away when traced: no graph break
+            return
+        self._guard.call("activation hooks", self._observe, self._names[module], activation_kind(module), output)
 
     def on_functional(self, kind: str, output: Any) -> None:
         """Called by the function mode for each functional activation outside hooked modules."""
@@ -155,7 +212,7 @@ class ActivationCollector(Collector):
 
     # -- statistics ----------------------------------------------------------------------------
     def _observe(self, name: str, kind: str, output: Any) -> None:
-        if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.dim() == 0:
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.dim() == 0 or output.numel() == 0:
             return
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
@@ -171,10 +228,31 @@ class ActivationCollector(Collector):
             self.facts.note_forward(site_name)
         elif (axis, units) != (site.axis, site.units):
             return  # another layout (an unbatched call, a capped site of another width): skip, never mix units
-        site.observe(x, self.offset)
+        site.observe(x)
+        self._observed.append(site)
 
     def _has_functional(self) -> bool:
         return any(":" in name for name, _ in self.sites)
+
+    def file_step(self, offset: int) -> None:
+        """Files what this step's forwards saw under the step's ``offset`` in the check interval.
+
+        Called by the monitor once per step, outside the forward; returns at once on steps whose
+        forwards were not sampled. Two launches for all sites, no host synchronization.
+        """
+        if not self._observed:
+            return
+        sites = list(dict.fromkeys(self._observed))
+        self._observed.clear()
+        for site in sites:
+            for numel, samples in site.step_counts:
+                site.numel += numel
+                site.window_samples += samples
+            site.step_counts.clear()
+        slots = [site.flags.slot(offset) for site in sites]
+        if slots[0] is not None:
+            torch._foreach_add_(slots, [site.step_max for site in sites])
+        torch._foreach_zero_([site.step_max for site in sites])
 
     # -- collector contract --------------------------------------------------------------------
     def state(self) -> State:
@@ -182,20 +260,27 @@ class ActivationCollector(Collector):
         if not self._order:
             return {}
         device = self._order[0].fires.device
+        counts = host_vector([float(s.numel) for s in self._order] + [float(s.window_samples) for s in self._order]
+                             + [float(s.kind == "relu") for s in self._order], device)
+        numel, samples, relu = counts.view(3, -1)
+        positive = torch.cat([s.positive.to(device) for s in self._order])
+        fires = torch.cat([s.fires.to(device) for s in self._order]) + positive
+        _, segment = self._segments(device)
+        positive_per_site = torch.zeros(len(self._order), device=device).index_add_(0, segment, positive)
+        off = torch.stack([s.off.to(device) for s in self._order]) + relu * (numel - positive_per_site)
         return {
-            "off": (torch.stack([s.off.to(device) for s in self._order]), "sum"),
-            "numel": (torch.tensor([float(s.numel) for s in self._order], device=device), "sum"),
-            "fires": (torch.cat([s.fires.to(device) for s in self._order]), "sum"),
-            "flags": (torch.stack([s.flags.flags.to(device) for s in self._order]), "sum"),
-            "samples": (torch.tensor([float(s.window_samples) for s in self._order], device=device), "sum"),
+            "off": (off, "sum"),
+            "numel": (numel, "sum"),
+            "fires": (fires, "sum"),
+            "flags": ((~torch.isfinite(torch.stack([s.flags.flags.to(device) for s in self._order]))).float(), "sum"),
+            "samples": (samples, "sum"),
         }
 
     def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
         if not state:
             return []
         names = [s.name for s in self._order]
-        units = torch.tensor([s.units for s in self._order], device=state["fires"].device)
-        segment = torch.repeat_interleave(torch.arange(len(names), device=units.device), units)
+        units, segment = self._segments(state["fires"].device)
         dead = torch.zeros(len(names), device=units.device).index_add_(0, segment, (state["fires"] == 0).float())
         return [
             ("_off_fraction", names, state["off"] / state["numel"]),
@@ -203,6 +288,16 @@ class ActivationCollector(Collector):
             ("_window_samples", names, state["samples"]),
             (NONFINITE, [f"activation:{n}" for n in names], StepFlags.first(state["flags"])),
         ]
+
+    def _segments(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Units per site and the site index of every unit, as device vectors (rebuilt when sites change)."""
+        key = (device, tuple(s.units for s in self._order))
+        if self._segment_key != key or self._segment_cache is None:
+            units = [s.units for s in self._order]
+            self._segment_key = key
+            self._segment_cache = (host_vector(units, device), host_vector(
+                [i for i, n in enumerate(units) for _ in range(n)], device, torch.long))
+        return self._segment_cache
 
     def finish(self, values, snapshot: Snapshot, interval_start: int) -> None:
         for site in self._order:
@@ -216,21 +311,24 @@ class ActivationCollector(Collector):
                 snapshot.stats.setdefault("dead_units", {})[site.name] = dead
                 snapshot.window_samples = max(snapshot.window_samples, int(samples))
                 site.fires.zero_()
+                site.positive.zero_()  # already counted in the window just closed
                 site.window_samples = 0
         super().finish(values, snapshot, interval_start)
 
     def reset_interval(self) -> None:
-        for site in self.sites.values():
-            site.off.zero_()
+        sites = list(self.sites.values())
+        if sites:  # one launch each, not several per site
+            torch._foreach_add_([s.fires for s in sites], [s.positive for s in sites])
+            torch._foreach_zero_([s.positive for s in sites] + [s.off for s in sites] + [s.flags.flags for s in sites])
+        for site in sites:
             site.numel = 0
-            site.flags.reset()
 
     def close(self) -> None:
         if self._mode is not None:
             self._on_model_end(self.model, (), None)
-        for handle in self.handles + self._global_handles:
+        for handle in self.handles + self._global_handles + self._activation_handles:
             handle.remove()
-        self.handles, self._global_handles = [], []
+        self.handles, self._global_handles, self._activation_handles = [], [], []
 
 
 def _recomputing() -> bool:

@@ -60,19 +60,34 @@ class Collector:
 
 
 class StepFlags:
-    """Per-step non-finite flags over one check interval, kept on the device.
+    """Per-step non-finite markers over one check interval, kept on the device.
 
-    Flags are a vector indexed by the step's offset in the interval, so the earliest bad step
-    survives a cross-rank *sum* (no second collective for a min).
+    ``mark`` adds a value at the step's offset in the interval (one in-place add, no test, no host
+    sync); an offset is bad when what was added there is NaN/Inf. ``bad()`` turns the markers into
+    0/1 flags, so the earliest bad step survives a cross-rank *sum* (no second collective for a min).
     """
 
     def __init__(self, length: int, device: torch.device) -> None:
         self.flags = torch.zeros(length, device=device)
+        self._slots = self.flags.unbind()  # views made once: marking is one add, not an index + add
 
-    def mark(self, offset: int, bad: torch.Tensor) -> None:
-        """Adds ``bad`` (a 0-d tensor, >0 when non-finite) at ``offset`` without a host sync."""
-        if 0 <= offset < self.flags.numel():
-            self.flags[offset].add_(bad.to(self.flags.dtype))
+    def to(self, device: torch.device) -> None:
+        """Moves the markers to ``device``."""
+        self.flags = self.flags.to(device)
+        self._slots = self.flags.unbind()
+
+    def slot(self, offset: int) -> torch.Tensor | None:
+        """The 0-d view at ``offset`` (None outside the interval), for batched in-place adds."""
+        return self._slots[offset] if 0 <= offset < len(self._slots) else None
+
+    def mark(self, offset: int, value: torch.Tensor) -> None:
+        """Adds ``value`` (a 0-d tensor; non-finite marks the step bad) at ``offset``."""
+        if 0 <= offset < len(self._slots):
+            self._slots[offset].add_(value)
+
+    def bad(self) -> torch.Tensor:
+        """1.0 at every offset that saw a non-finite value, else 0.0."""
+        return (~torch.isfinite(self.flags)).float()
 
     @staticmethod
     def first(flags: torch.Tensor) -> torch.Tensor:
@@ -84,5 +99,44 @@ class StepFlags:
         return torch.where(hit.any(dim=-1), first, torch.full_like(first, -1.0))
 
     def reset(self) -> None:
-        """Clears all flags."""
+        """Clears all markers."""
         self.flags.zero_()
+
+
+def host_vector(values: list[float] | list[int], device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Host numbers as a device vector without a host synchronization.
+
+    ``torch.tensor(values, device="cuda")`` copies from pageable memory and waits for the copy;
+    staging through pinned memory (PyTorch caches pinned blocks) lets the copy run asynchronously.
+    """
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def state_nbytes(*roots: object) -> int:
+    """Bytes of the distinct tensor storages held by ``roots`` (torchhealth objects, lists, dicts).
+
+    Parameters, gradients and modules are not followed: training holds them anyway. Used to show
+    that monitor state is O(parameters + units) and does not grow with the number of steps.
+    """
+    seen: set[int] = set()
+    storages: dict[int, int] = {}
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (torch.nn.Parameter, torch.nn.Module)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(obj, dict):
+            stack += list(obj.keys()) + list(obj.values())
+        elif isinstance(obj, (list, tuple, set)):
+            stack += list(obj)
+        elif type(obj).__module__.startswith("torchhealth") and hasattr(obj, "__dict__"):
+            stack += list(vars(obj).values())
+    return sum(storages.values())
+

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import torch
 
-from torchhealth.collectors.base import Collector, State, Summary
+from torchhealth.collectors.base import Collector, State, Summary, host_vector
 from torchhealth.snapshot import TOTAL, Snapshot
 
 ParamEntry = tuple[str, str, torch.nn.Parameter]
@@ -48,6 +48,8 @@ def current_placement(params: list[ParamEntry], device: torch.device,
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """The rank-local part of ``t`` (the shard of FSDP2's DTensor, else ``t`` itself)."""
+    if type(t) is torch.Tensor:  # the common case, without hasattr's failed lookups
+        return t
     return t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t
 
 
@@ -74,7 +76,7 @@ class LayerSum:
     def __call__(self, per_param: torch.Tensor) -> torch.Tensor:
         index = self._index.get(per_param.device)
         if index is None:
-            index = self._index[per_param.device] = torch.tensor(self._index_list, device=per_param.device)
+            index = self._index[per_param.device] = host_vector(self._index_list, per_param.device, torch.long)
         return torch.zeros(len(self.layers), device=per_param.device).index_add_(0, index, per_param)
 
 
@@ -94,7 +96,7 @@ class GradientCollector(Collector):
         device = self.device
         grads = [p.grad if p.grad is not None else torch.zeros((), device=device) for _, _, p in self.params]
         # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
-        present = torch.tensor([float(p.grad is not None) for _, _, p in self.params], device=device)
+        present = host_vector([float(p.grad is not None) for _, _, p in self.params], device)
         return {**sharded_state("sq", grads, self.copies, device), "present": (present, "sum")}
 
     def summarize(self, state: dict[str, torch.Tensor]) -> Summary:

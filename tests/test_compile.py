@@ -1,0 +1,84 @@
+"""torch.compile: create the Monitor on the eager model, then compile; same statistics, no graph breaks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+from torch import nn
+from torch._dynamo.utils import counters
+
+import torchhealth
+
+
+def conv_net() -> nn.Module:
+    """Conv, BatchNorm, in-place ReLU, Tanh: the hook paths that compile could break."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                         nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def train(model: nn.Module, compiled: bool, steps: int, **options):
+    """Monitor first, then compile (the order docs/performance.md prescribes); returns snapshots."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = torchhealth.Monitor(model, opt, strict=True, **options)
+    forward = torch.compile(model, backend="aot_eager") if compiled else model
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    snapshots = []
+    for step in range(steps):
+        loss = F.cross_entropy(forward(x), y)
+        loss.backward()
+        monitor.step(loss)
+        opt.step()
+        opt.zero_grad()
+        if step % monitor.options.check_every == 0:
+            snapshots.append(monitor.last_snapshot)
+    monitor.close()
+    return snapshots
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiled_model_reports_the_same_statistics_as_eager():
+    torch.manual_seed(0)
+    model = conv_net()
+    options = dict(check_every=3, log_every=3, sample_every=2)
+    eager = train(copy.deepcopy(model), compiled=False, steps=7, **options)
+    compiled = train(copy.deepcopy(model), compiled=True, steps=7, **options)
+    assert counters["graph_break"] == {}, f"graph breaks: {dict(counters['graph_break'])}"
+    # one graph per sampling state (discovering, sampled, unsampled), not one per step offset or count
+    assert counters["stats"]["unique_graphs"] <= 3
+    assert [s.step for s in compiled] == [s.step for s in eager]
+    for e, c in zip(eager, compiled):
+        assert set(c.stats) == set(e.stats)
+        assert {"zero_fraction", "saturation", "grad_norm", "weight_norm"} <= set(c.stats)
+        for family, values in e.stats.items():
+            assert set(c.stats[family]) == set(values), family
+            for layer, value in values.items():
+                assert c.stats[family][layer] == pytest.approx(value, rel=1e-4, abs=1e-7), (e.step, family, layer)
+        assert c.loss == pytest.approx(e.loss, rel=1e-5)
+
+
+def test_monitor_adds_no_graph_break_to_the_forward():
+    torch.manual_seed(0)
+    model = conv_net()
+    monitor = torchhealth.Monitor(model, strict=True)
+    x = torch.randn(2, 1, 6, 6)
+    sampled = torch._dynamo.explain(model)(x)  # the first forward: sampled, discovering
+    monitor.step()
+    monitor.activations.sampling = False
+    unsampled = torch._dynamo.explain(model)(x)
+    monitor.close()
+    for explanation in (sampled, unsampled):
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1
+    assert monitor.last_snapshot.stats["zero_fraction"]  # the compiled forward was observed
