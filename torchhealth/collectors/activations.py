@@ -39,7 +39,7 @@ FUNCTIONAL_ACTIVATIONS: dict[Callable[..., Any], str] = {
 class Site:
     """Running statistics of one activation site, on the device of its outputs.
 
-    A sampled forward costs five small kernels at a ReLU site (sign, sum, accumulate, max, mark) and
+    A sampled forward costs five small kernels at a ReLU site (sign, sum, add; amax, add) and
     six at a sigmoid/tanh site; everything derived (zero fraction, window totals) is computed in
     the check, batched over all sites.
     """
