@@ -133,6 +133,7 @@ def workloads(device: str, names: list[str] | None) -> list[Workload]:
     if device == "cuda":
         builders["resnet50"] = resnet50
         builders["mlp24"] = lambda: mlp(24, 1024, 512, device)
+        builders["mlp24_b2048"] = lambda: mlp(24, 1024, 2048, device)  # the same, clearly GPU-bound
     out = []
     for name in names or list(builders):
         if name not in builders:
