@@ -5,6 +5,8 @@ Arms, each on its own identical copy of the model, run interleaved in one proces
 torchhealth steps holds exactly one check (and one sampled forward) at the defaults:
 
 - ``plain``: forward, backward, optimizer step.
+- ``plain_again``: the same on another copy: an A/A control, whose "overhead" is the resolution of
+  the measurement on this machine (noise, and the copies' different places in memory).
 - ``torchhealth``: the same plus ``Monitor(model, optimizer, log_dir=tmp)`` at its defaults.
 - ``grad_norm_item``: a per-parameter ``p.grad.norm().item()`` pass every step (the pattern of
   Lightning's ``grad_norm`` + logging, or Ignite's ``GradsScalarHandler``).
@@ -46,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torchhealth  # noqa: E402
 from torchhealth.collectors.base import state_nbytes  # noqa: E402
 
-ARMS = ("plain", "torchhealth", "grad_norm_item", "+relu_sparsity_item")
+ARMS = ("plain", "plain_again", "torchhealth", "grad_norm_item", "+relu_sparsity_item")
 
 
 @dataclass
@@ -131,6 +133,7 @@ def workloads(device: str, names: list[str] | None) -> list[Workload]:
     if device == "cuda":
         builders["resnet50"] = resnet50
         builders["mlp24"] = lambda: mlp(24, 1024, 512, device)
+        builders["mlp24_b2048"] = lambda: mlp(24, 1024, 2048, device)  # the same, clearly GPU-bound
     out = []
     for name in names or list(builders):
         if name not in builders:
@@ -172,7 +175,7 @@ class Arm:
             loss.backward()
             if self.monitor is not None:
                 self.monitor.step(loss)
-            elif self.kind != "plain":
+            elif self.kind not in ("plain", "plain_again"):
                 for name, p in self.model.named_parameters():
                     if p.grad is not None:
                         self.logged[f"grad_norm/{name}"] = p.grad.norm().item()
@@ -197,11 +200,13 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
             per_step: bool = False, arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
     """Interleaved rounds of ``block_steps`` steps per arm; returns per-arm step times and ratios.
 
-    A round interleaves whole blocks (A's block, B's block, ...) or, with ``per_step``, single steps
-    (A B C D A B C D ...). With ``per_step`` the overhead is robust to noise from other processes:
-    steps are classed by their position in the logging interval (log, check, the step before a
-    check, other), each class's time is its median over all rounds, and a step's amortized time is
-    the count-weighted mean of the class medians. Stops after ``rounds`` measured rounds, or earlier
+    A round runs each arm's block in turn (A's block, B's block, ...: each model stays warm in the
+    caches during its block, as in real training). With ``per_step`` every step of a block is timed
+    and the result is robust to noise from other processes: steps are classed by their position in
+    the logging interval (first, check, the step before a check, other), each class's time is its
+    median over all rounds, and a step's amortized time is the count-weighted mean of the class
+    medians. Without it (CUDA: timing single steps would need a synchronize per step) a step's
+    time is the median over rounds of block time / ``block_steps``. Stops after ``rounds`` measured rounds, or earlier
     (but after at least 3) once ``budget_s`` seconds of wall-clock have passed.
     """
     started = time.perf_counter()
@@ -215,8 +220,8 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
         for r in range(warmup + rounds):
             order = runners[r % len(runners):] + runners[:r % len(runners)]
             round_times = {a: 0.0 for a in arms}
-            for chunk in (range(block_steps) if per_step else [None]):
-                for arm in order:
+            for arm in order:
+                for chunk in (range(block_steps) if per_step else [None]):
                     sync(device)
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()
@@ -241,9 +246,7 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
             if arm.monitor is not None:
                 arm.monitor.close()
 
-    def amortized(kind: str) -> float:
-        if not per_step:
-            return statistics.median(per_round[kind])
+    def kinds(kind: str) -> tuple[dict[str, list[float]], dict[str, int]]:
         classes: dict[str, list[float]] = {}
         counts: dict[str, int] = {}
         for position, samples in enumerate(by_position[kind]):
@@ -251,6 +254,12 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
                    else "before check" if (position + 1) % check_every == 0 else "other")
             classes.setdefault(cls, []).extend(samples)
             counts[cls] = counts.get(cls, 0) + 1
+        return classes, counts
+
+    def amortized(kind: str) -> float:
+        if not per_step:
+            return statistics.median(per_round[kind])
+        classes, counts = kinds(kind)
         return sum(counts[c] * statistics.median(v) for c, v in classes.items()) / block_steps
 
     plain = per_round["plain"]
@@ -260,6 +269,10 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
         out[a] = {"step_ms": 1e3 * amortized(a), "ratio": amortized(a) / amortized("plain"),
                   "ratio_q1": ratios[len(ratios) // 4], "ratio_q3": ratios[(3 * len(ratios)) // 4],
                   "peak_bytes": peak[a], "state_bytes": state[a], "rounds": len(per_round[a])}
+        if per_step:  # median extra time of each kind of step over plain's median step
+            base = amortized("plain")
+            classes, counts = kinds(a)
+            out[a]["kinds"] = {c: (counts[c], 1e3 * (statistics.median(v) - base)) for c, v in classes.items()}
     return out
 
 
@@ -271,6 +284,7 @@ def table(results: dict[str, dict[str, dict[str, float]]], device: torch.device)
     for model, arms in results.items():
         for arm, r in arms.items():
             overhead = "—" if arm == "plain" else f"{100 * (r['ratio'] - 1):+.1f}%"
+            arm = f"{arm} (A/A control)" if arm == "plain_again" else arm
             spread = "—" if arm == "plain" else f"{100 * (r['ratio_q1'] - 1):+.1f}% .. {100 * (r['ratio_q3'] - 1):+.1f}%"
             row = f"| {model} | {r['rounds']} | {arm} | {r['step_ms']:.2f} | {overhead} | {spread} | "
             if cuda:
@@ -298,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=None,
                         help="wall-clock seconds per model after which measuring stops, at least 3 rounds "
                              "(default: 60 on CPU, none on CUDA)")
-    parser.add_argument("--interleave", default=None, choices=["step", "block"],
-                        help="alternate single steps or whole blocks (default: step on CPU, block on CUDA, "
-                             "where timing single steps would add a synchronize per step)")
+    parser.add_argument("--timing", default=None, choices=["step", "block"],
+                        help="time every step (per-kind medians) or whole blocks (default: step on CPU, block "
+                             "on CUDA, where timing single steps would add a synchronize per step)")
     parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
                         help="what a block's time is (default: cpu on CPU, wall on CUDA)")
     parser.add_argument("--out", default=None, help="write the markdown table here")
@@ -316,23 +330,25 @@ def main(argv: list[str] | None = None) -> int:
     if clock_name == "cpu" and device.type == "cuda":
         raise SystemExit("--clock cpu measures host CPU time only; use --clock wall with --device cuda")
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
+    timing = args.timing or ("step" if device.type == "cpu" else "block")
     results = {}
     for w in workloads(args.device, args.models.split(",") if args.models else None):
         t0 = time.perf_counter()
         budget = args.budget_s if args.budget_s is not None else (60.0 if device.type == "cpu" else float("inf"))
-        per_step = (args.interleave or ("step" if device.type == "cpu" else "block")) == "step"
+        per_step = timing == "step"
         results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget, per_step)
         th = results[w.name]["torchhealth"]
+        kinds = "; ".join(f"{c} x{n}: {ms:+.2f} ms" for c, (n, ms) in th.get("kinds", {}).items())
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "
-              f"{100 * (th['ratio'] - 1):+.1f}% ({time.perf_counter() - t0:.0f}s)", flush=True)
+              f"{100 * (th['ratio'] - 1):+.1f}% ({time.perf_counter() - t0:.0f}s){' [' + kinds + ']' if kinds else ''}",
+              flush=True)
     defaults = torchhealth.MonitorOptions()
     text = (f"Machine: {machine(device)}. Defaults: check_every={defaults.check_every}, "
             f"log_every={defaults.log_every}, sample_every={defaults.sample_every}. "
             f"Up to {rounds} interleaved rounds (column rounds) of {block_steps} steps per arm, timed by "
-            f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}, interleaved by "
-            f"{args.interleave or ('step' if device.type == 'cpu' else 'block')}. "
-            + ("Step time: count-weighted mean of the median times of the steps of each kind in the logging "
-               "interval (log, check, before a check, other); " if (args.interleave or device.type) in ("step", "cpu")
+            f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}. "
+            + ("Step time: every step timed, count-weighted mean of the median times of each kind of step in "
+               "the logging interval (first, check, before a check, other); " if timing == "step"
                else "Step time: median block time / steps; ")
             + "the last column but one is the middle half of the per-round ratios to plain.\n\n" + table(results, device) + "\n")
     print(text)
