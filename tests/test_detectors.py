@@ -339,3 +339,10 @@ def test_state_dict_is_plain_data_and_resumes_episodes():
 @pytest.mark.parametrize("detector", default_detectors(MonitorOptions()), ids=lambda d: type(d).__name__)
 def test_empty_snapshots_raise_nothing(detector):
     assert run(detector, [Snapshot(10 * i) for i in range(30)], mlp_facts()) == []
+
+
+def test_trap_fast_falling_loss_is_not_divergence_whatever_the_early_median():
+    # Adam on an easy task: the third check is already 30x below the first; the median of the last
+    # three checks (0.56) is far above the lowest early loss (0.038), yet the loss only fell.
+    losses = [1.27, 0.56, 0.038, 0.0019, 0.0004, 0.0002, 0.00016]
+    assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []

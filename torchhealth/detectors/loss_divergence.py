@@ -23,9 +23,9 @@ class LossDivergence(Detector):
     otherwise raise its own reference (0.7, 8.5, 20 -> median 8.5), while a loss that starts high and
     falls (a healthy run) only lowers it, which cannot raise a false alarm on a run that keeps falling.
     Late-training bounces (0.01 -> 0.05) stay far below the starting level and are not divergence.
-    A warning needs the median of the last 3 checks at ``RISE`` times the start, so one noisy interval
-    (small batches, noisy targets) is not a rise; a single check at ``CRITICAL_RISE`` times the start
-    is no noise and is critical at once.
+    A warning needs the latest loss AND the median of the last 3 checks at ``RISE`` times the start,
+    so one noisy interval (small batches, noisy targets) is not a rise; a single check at
+    ``CRITICAL_RISE`` times the start is no noise and is critical at once.
     """
 
     kind = "loss_divergence"
@@ -38,10 +38,9 @@ class LossDivergence(Detector):
         if len(losses) < 2 or start <= 0:
             return []
         level = median(losses[-3:])
-        jump = snapshot.loss / start
-        rise = max(level / start, jump if jump >= CRITICAL_RISE else 0.0)
+        rise = snapshot.loss / start
         rising = snapshot.loss > losses[-2]
-        if rise >= CRITICAL_RISE or (rise >= RISE and rising):
+        if rise >= CRITICAL_RISE or (rise >= RISE and level >= RISE * start and rising):
             severity = "critical" if rise >= CRITICAL_RISE else "warning"
             evidence = {"loss": snapshot.loss, "recent_median": level, "start_loss": start, "rise": rise,
                         "best_loss": min(losses)}
