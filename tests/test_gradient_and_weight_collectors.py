@@ -114,21 +114,19 @@ def test_nonfinite_gradient_is_reported_with_layer_and_step(strict_monitor):
     assert math.isnan(snap.stats["grad_norm"]["1"])
 
 
-def test_nonfinite_loss_reports_first_step_of_interval(strict_monitor):
+def test_nonfinite_loss_reports_first_step_and_forces_an_early_check(strict_monitor):
     model = nn.Linear(2, 1)
     monitor = strict_monitor(model, check_every=5, log_every=5)
+    snapshots = {}
     for step in range(10):
         out = model(torch.randn(2, 2)).sum()
         loss = out * float("inf") if step in (7, 8) else out
         out.backward()
         monitor.step(loss)
         model.zero_grad()
-        if step == 4:
-            assert monitor.last_snapshot.nonfinite == {}
-    # the check at step 5 covered steps 1..5; the one at 10 has not run yet: run it
-    out = model(torch.randn(2, 2)).sum()
-    out.backward()
-    monitor.step(out)
-    assert monitor.last_snapshot.step == 10
-    assert monitor.last_snapshot.nonfinite == {"loss": 7}
-    assert monitor.last_snapshot.loss is not None and math.isfinite(monitor.last_snapshot.loss)
+        snapshots[monitor.last_snapshot.step] = monitor.last_snapshot
+    # scheduled checks at 0 and 5; the non-finite loss at step 7 trips the wire: checks at 8 and 9
+    assert sorted(snapshots) == [0, 5, 8, 9]
+    assert snapshots[8].nonfinite == {"loss": 7}
+    assert snapshots[8].loss is not None and math.isfinite(snapshots[8].loss)  # the mean of finite losses
+    assert snapshots[9].nonfinite == {}

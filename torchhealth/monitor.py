@@ -73,7 +73,9 @@ class Monitor:
         self.facts = ModelFacts.from_model(inner, optimizer)
         params = list(parameter_layers(inner))
         device = params[0][2].device if params else torch.device("cpu")
-        self.loss_collector = LossCollector(device, self.options.check_every)
+        # The trip-wire decides on one rank's loss; under torch.distributed every rank must check at
+        # the same steps (a check is a collective), so there checks follow the schedule alone.
+        self.loss_collector = LossCollector(device, self.options.check_every, tripwire=self.world_size == 1)
         self.activations = ActivationCollector(
             inner, self.facts, self.options.check_every, self.options.window_samples,
             functional=self.options.functional_activations, guard=self.guard)
@@ -122,13 +124,15 @@ class Monitor:
             static, self._static_alerts = self._static_alerts, []
             self._deliver(static)
         step = self.step_count
+        # read before this step's loss is recorded: on a GPU its copy of the flag is still in flight
+        tripped = self.guard.call("collector loss", self.loss_collector.tripped, default=False)
         if loss is not None:
             self.log_loss(loss)
         self.guard.call("collector activations", self.activations.file_step, step - self._interval_start)
         if val_loss is not None:
             self.log_validation(val_loss)
         new: list[Alert] = []
-        if step % self.options.check_every == 0:
+        if step % self.options.check_every == 0 or tripped:
             new = self.guard.call("check", self._check, step, default=[])
         if self.weights is not None and (step + 1) % self.options.check_every == 0:
             self.guard.call("collector weights", self.weights.remember_weights)

@@ -8,6 +8,7 @@ import numbers
 import torch
 
 from torchhealth.collectors.base import NONFINITE, Collector, State, StepFlags, Summary, host_vector
+from torchhealth.collectors.tripwire import LossTripwire
 from torchhealth.snapshot import Snapshot
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
@@ -22,8 +23,9 @@ class LossCollector(Collector):
     the mean and the non-finite flags are computed from that vector on check steps.
     """
 
-    def __init__(self, device: torch.device, interval: int) -> None:
+    def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
         self.device = device
+        self.tripwire = LossTripwire(device) if tripwire else None
         with torch.inference_mode(False):  # stays updatable if the monitor is built inside inference_mode()
             self.losses = StepFlags(interval, device)  # each step's loss (micro-batches summed) at its offset
             self._val = torch.zeros(2, device=device)  # [sum of validation losses, count]
@@ -37,6 +39,12 @@ class LossCollector(Collector):
         self._follow(value.device)
         self.losses.mark(offset, value)
         self._counts[offset] += 1
+        if self.tripwire is not None:
+            self.tripwire.record(value)
+
+    def tripped(self) -> bool:
+        """Whether the trip-wire asks for an early check (see collectors/tripwire.py)."""
+        return self.tripwire is not None and self.tripwire.tripped()
 
     def record_validation(self, loss: torch.Tensor | float) -> None:
         """Adds one validation loss (averaged with others reported in the same interval)."""

@@ -1,0 +1,34 @@
+"""The loss trip-wire: early checks on loss jumps, silence on healthy losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchhealth.collectors.tripwire import LossTripwire
+from torchhealth.scenarios import SCENARIOS, run_scenario
+
+
+def trips(losses):
+    wire = LossTripwire(torch.device("cpu"))
+    out = []
+    for value in losses:
+        wire.record(torch.tensor(float(value)))
+        out.append(wire.tripped())
+    return out
+
+def test_healthy_losses_never_trip():
+    falling = [2.3 * 0.97 ** i for i in range(300)]
+    noisy_late = [0.01 * (1 + (i % 7) / 2) for i in range(300)]  # bounces of 4x far below the start
+    negative = [-1.0 - 0.01 * i for i in range(100)]  # a negative log-likelihood improving
+    assert not any(trips([2.3] + noisy_late)) and not any(trips(falling)) and not any(trips(negative))
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 50.0])
+def test_jumps_and_nonfinite_losses_trip(bad):
+    assert trips([2.0, 1.9, 1.8, bad]) == [False, False, False, True]
+
+def test_explosion_is_flagged_before_the_first_nonfinite_loss():
+    result = run_scenario(SCENARIOS["exploding"])  # SGD lr far too high: overflow within a few steps
+    explosions = [a.step for a in result.alerts if a.kind == "exploding_gradient"]
+    assert result.first_nonfinite_step is not None and explosions
+    assert min(explosions) < result.first_nonfinite_step
