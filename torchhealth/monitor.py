@@ -305,15 +305,23 @@ class Monitor:
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[list[float]]:
-    """Copies many device vectors to the host with ONE transfer (the only sync of a check)."""
+    """Copies many device vectors to the host with ONE transfer (the only sync of a check).
+
+    Vectors already on the CPU (host-side counts) are read directly: joining them to the device
+    vectors would upload them first, a second synchronization.
+    """
     if not tensors:
         return []
-    device = tensors[0].device
-    flat = torch.cat([t.detach().float().reshape(-1).to(device) for t in tensors]).tolist()
+    device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
+    joined = [t for t in tensors if t.device.type != "cpu" or device.type == "cpu"]
+    flat = torch.cat([t.detach().float().reshape(-1).to(device) for t in joined]).tolist()
     out, start = [], 0
     for t in tensors:
-        out.append(flat[start:start + t.numel()])
-        start += t.numel()
+        if t.device.type != "cpu" or device.type == "cpu":
+            out.append(flat[start:start + t.numel()])
+            start += t.numel()
+        else:
+            out.append(t.detach().float().reshape(-1).to("cpu").tolist())
     return out
 
 
