@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one call, for a machine with one GPU (the package need not be
+# installed). Run from the repository root:   OUT=/some/folder bash benchmarks/gpu_checks.sh
+#   1. CUDA-only tests: AMP GradScaler with watch()/Lightning, a model moved to the GPU after attaching
+#   2. no host synchronization on unchecked steps (set_sync_debug_mode("error")), one per check
+#   3. overhead: 24-layer MLP (width 1024) and ResNet-50 (bf16 autocast, batch 64) vs plain training
+#   4. distributed: DDP, FSDP2, FSDP1 with the models on the GPU (two gloo ranks share it)
+# Writes at most six files to $OUT (summary.txt first); each part has its own time limit.
+set -u
+cd "$(dirname "$0")/.."
+FINAL=${OUT:?set OUT to the folder for the results}
+WORK=$(mktemp -d)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+DEVICE=${CHECK_DEVICE:-cuda}
+START=$SECONDS
+say() { echo "[gpu_checks $((SECONDS - START))s] $*" | tee -a "$FINAL/summary.txt"; }
+part() {  # part <limit-s> <name> <command...>: run, keep the log, report the exit code
+  local limit=$1 name=$2; shift 2
+  timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
+  local rc=$?
+  say "$name: exit $rc$( [ $rc -eq 124 ] && echo ' (time limit)')"
+  tail -n 25 "$WORK/$name.log" >> "$FINAL/summary.txt"
+}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+  python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())' 2>&1
+} | tee "$FINAL/summary.txt"
+
+if [ "$DEVICE" = cuda ]; then
+  part 90 pytest_cuda python3 -m pytest -q -p no:cacheprovider tests/test_amp_cuda.py \
+    "tests/robustness/test_odd_models.py::test_model_moved_between_devices_after_attaching"
+  part 60 no_sync python3 benchmarks/no_sync_check.py --device cuda --models resnet50,mlp24 --steps 32 --out "$FINAL/no_sync.md"
+  part 50 overhead_mlp python3 benchmarks/overhead.py --device cuda --models mlp24 --rounds 20 --budget-s 25 --out "$WORK/mlp.md"
+  part 110 overhead_resnet python3 benchmarks/overhead.py --device cuda --models resnet50 --rounds 12 --warmup 1 --budget-s 70 --out "$WORK/resnet.md"
+  part 120 distributed env OUT="$WORK/dist" bash tests/dist_scripts/fsdp_cuda_check.sh
+else  # a short dry run of this script on the CPU
+  part 120 no_sync python3 benchmarks/no_sync_check.py --device cpu --models mlp16 --steps 12 --out "$FINAL/no_sync.md"
+  part 60 overhead_mlp python3 benchmarks/overhead.py --device cpu --models mlp16 --rounds 2 --warmup 1 --block-steps 10 --out "$WORK/mlp.md"
+fi
+cat "$WORK"/mlp.md "$WORK"/resnet.md > "$FINAL/overhead_cuda.md" 2>/dev/null
+cat "$WORK"/dist/*.pytest.txt "$WORK"/dist.log > "$FINAL/distributed.txt" 2>/dev/null
+cp "$WORK/pytest_cuda.log" "$FINAL/pytest_cuda.txt" 2>/dev/null
+say "done"
