@@ -75,7 +75,7 @@ def test_report_json(demo_run, capsys):
     runs = {os.path.basename(r["run_dir"]): r for r in json.loads(out)["runs"]}
     assert set(runs) == {"healthy", "nonfinite"}
     healthy = runs["healthy"]
-    assert healthy["alerts"] == [] and healthy["last_step"] == 20  # checks at 0, 10, 20
+    assert healthy["alerts"] == [] and healthy["last_step"] == 29  # checks at 0, 10, 20; close() checks 29
     assert "total" in healthy["layers"] and len(healthy["layers"]) > 2
     for name, layer in healthy["layers"].items():
         assert layer["grad_norm_min"] <= layer["grad_norm"] <= layer["grad_norm_max"], name

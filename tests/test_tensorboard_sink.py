@@ -96,7 +96,10 @@ def test_event_file_grows_with_logged_steps_not_steps(tmp_path):
         with torchhealth.Monitor(model, log_dir=path, check_every=10, log_every=log_every) as monitor:
             train(monitor, model, 100)
         sizes[log_every] = sum(os.path.getsize(f) for f in glob.glob(str(path / "events*")))
-        assert len(load(str(path)).Scalars("health/grad_norm/total")) == 100 // log_every
+        # every log_every-th step, plus close()'s final check at step 99 (after zero_grad: no gradients)
+        events = load(str(path))
+        assert [e.step for e in events.Scalars("health/grad_norm/total")] == [*range(0, 100, log_every)]
+        assert [e.step for e in events.Scalars("health/loss")] == [*range(0, 100, log_every), 99]
     assert sizes[50] < sizes[10] / 2
 
 

@@ -126,7 +126,7 @@ def test_monitor_option_webhook_url_delivers_alerts():
             model(torch.randn(2, 3)).sum().backward()
             monitor.step()
         monitor.close()
-    assert [r["step"] for r in received] == [0, 2]
+    assert [r["step"] for r in received] == [0, 2, 3]  # checks at 0 and 2; close() checks step 3
     assert all(r["kind"] == "test_detector" for r in received)
 
 

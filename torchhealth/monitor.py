@@ -218,6 +218,12 @@ class Monitor:
             self.guard.call(f"detach {type(driver).__name__}", driver.close)
         static, self._static_alerts = self._static_alerts, []
         self._deliver(static, may_raise=False)  # a monitor closed before its first step still reports them
+        if self.world_size == 1 and self.step_count > self._interval_start:
+            # The steps since the last check (their losses, AMP skips, a late validation loss) are
+            # checked and logged once more. Not under torch.distributed: a check is a collective,
+            # and a rank closing after an error elsewhere would wait for ranks that are gone.
+            final = self.guard.call("check", self._check, self.step_count - 1, True, default=[])
+            self._deliver(final, may_raise=False)
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.close)
         for sink in self.metric_sinks + self.alert_sinks:
@@ -234,7 +240,7 @@ class Monitor:
                 f"alerts={len(self.alerts)}, log_dir={self.log_dir!r})")
 
     # -- the check: one transfer, then pure host code ----------------------------------------------
-    def _check(self, step: int) -> list[Alert]:
+    def _check(self, step: int, final: bool = False) -> list[Alert]:
         snapshot = Snapshot(step=step)
         states = {name: self.guard.call(f"collector {name}", c.state, default={}) for name, c in self.collectors.items()}
         flat_state = {f"{name}/{key}": value for name, state in states.items() for key, value in state.items()}
@@ -251,7 +257,7 @@ class Monitor:
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.finish, per_collector[name], snapshot, self._interval_start)
         self._interval_start = step + 1
-        if step % self.options.log_every == 0:
+        if step % self.options.log_every == 0 or final:
             for sink in self.metric_sinks:
                 self.guard.call(f"sink {sink.name}", sink.write_snapshot, snapshot)
         self.last_snapshot = snapshot
