@@ -160,3 +160,9 @@ def test_unscale_and_check_for_plain_monitor_loops():
     scaler.scale(nn.functional.mse_loss(model(x), y)).backward()
     model[0].weight.grad[0, 0] = float("nan")
     assert unscale_and_check(scaler, opt) is True
+
+
+def test_a_skip_after_the_last_step_is_reported_by_close():
+    monitor, recorder, _ = run_amp(use_scaler=True, poison_step=5)  # the last iteration is skipped
+    assert monitor.step_count == 5
+    assert [s.skipped_steps for s in recorder.snapshots] == [0, 0, 0, 0, 0, 1]  # close()'s final check

@@ -218,11 +218,11 @@ class Monitor:
             self.guard.call(f"detach {type(driver).__name__}", driver.close)
         static, self._static_alerts = self._static_alerts, []
         self._deliver(static, may_raise=False)  # a monitor closed before its first step still reports them
-        if self.world_size == 1 and self.step_count > self._interval_start:
+        if self.world_size == 1 and (self.step_count > self._interval_start or self.skipped_steps.skipped):
             # The steps since the last check (their losses, AMP skips, a late validation loss) are
             # checked and logged once more. Not under torch.distributed: a check is a collective,
             # and a rank closing after an error elsewhere would wait for ranks that are gone.
-            final = self.guard.call("check", self._check, self.step_count - 1, True, default=[])
+            final = self.guard.call("check", self._check, max(self.step_count - 1, 0), True, default=[])
             self._deliver(final, may_raise=False)
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.close)
