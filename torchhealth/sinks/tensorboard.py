@@ -9,6 +9,7 @@ from torchhealth.snapshot import Snapshot
 TAG_PREFIX = "health"
 FLUSH_SECS = 10
 """The writer's background thread makes scalars durable at least this often (TensorBoard's default: 120)."""
+WRITER_QUEUE = 1000
 ALERTS_TAG = f"{TAG_PREFIX}/alerts"
 DASHBOARD = {
     "Gradients": {
@@ -51,7 +52,9 @@ class TensorBoardSink(Sink):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(self.log_dir, flush_secs=FLUSH_SECS)
+            # a queue of 10 (the default) makes the training thread wait on the writer thread at every
+            # log step; the events are still flushed every FLUSH_SECS and at once for critical alerts
+            self._writer = SummaryWriter(self.log_dir, max_queue=WRITER_QUEUE, flush_secs=FLUSH_SECS)
             self._writer.add_custom_scalars(DASHBOARD)
         return self._writer
 
