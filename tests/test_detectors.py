@@ -346,3 +346,10 @@ def test_trap_fast_falling_loss_is_not_divergence_whatever_the_early_median():
     # three checks (0.56) is far above the lowest early loss (0.038), yet the loss only fell.
     losses = [1.27, 0.56, 0.038, 0.0019, 0.0004, 0.0002, 0.00016]
     assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
+
+
+def test_trap_the_start_of_a_long_run_is_not_forgotten_when_old_checks_are_dropped():
+    # a loss that fell 20x in the first checks then stayed flat for far longer than the kept history
+    losses = [2.1, 1.0, 0.4] + [0.111] * 300
+    assert run(LossPlateau(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
+    assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []

@@ -15,6 +15,8 @@ from torchhealth.snapshot import Snapshot
 
 SERIES_LIMIT = 200
 """Checks of history a detector keeps per series (older values are dropped)."""
+START_VALUES = 3
+"""First values of each series kept for good: a run's start must not drift once old checks are dropped."""
 
 
 class Detector:
@@ -47,7 +49,15 @@ class Detector:
         series = self.series.setdefault(name, [])
         series.append(float(value))
         del series[:-SERIES_LIMIT]
+        start = self.memory.setdefault(f"start:{name}", [])
+        if len(start) < START_VALUES:
+            start.append(float(value))
         return series
+
+    def first(self, name: str, n: int = START_VALUES) -> list[float]:
+        """The first ``n`` (at most ``START_VALUES``) values ever remembered in series ``name``."""
+        start = self.memory.get(f"start:{name}") or self.series.get(name, [])[:START_VALUES]
+        return start[:n]
 
     def make_alert(self, facts: ModelFacts, *, layer: str | None, step: int, severity: str, value: float,
                    message: str, evidence: dict[str, Any] | None = None) -> Alert:

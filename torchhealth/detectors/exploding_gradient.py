@@ -50,7 +50,7 @@ class ExplodingGradient(Detector):
             self.memory["previous"] = norm
             layer_refs.update({k: v for k, v in norms.items() if k != TOTAL and math.isfinite(v) and v > 0})
             return []
-        reference = max(history[0], median(history))
+        reference = max(self.first("norm", 1)[0], median(history))
         growth = norm / reference if reference > 0 else math.inf
         if math.isfinite(norm) and growth < GROWTH:
             self.remember("norm", norm)  # norms of an explosion never become the reference
@@ -80,7 +80,7 @@ class ExplodingGradient(Detector):
         if not history or best_loss is None or snapshot.loss is None or snapshot.loss < CRITICAL_GROWTH * best_loss:
             return []
         growth = snapshot.loss / best_loss
-        evidence = {"norm": norm, "reference_norm": history[0], "healthy_norm": max(history[0], median(history)),
+        evidence = {"norm": norm, "reference_norm": self.first("norm", 1)[0], "healthy_norm": max(self.first("norm", 1)[0], median(history)),
                     "loss_growth": growth, "loss": snapshot.loss, "best_loss": best_loss,
                     "first_nonfinite": min(snapshot.nonfinite.values(), default=snapshot.step)}
         return self.episode(MODEL, facts, step=snapshot.step, severity="critical", layer=None, value=norm,

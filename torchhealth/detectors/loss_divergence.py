@@ -34,7 +34,7 @@ class LossDivergence(Detector):
         if snapshot.loss is None:
             return []
         losses = self.remember("loss", snapshot.loss)
-        start = min(losses[:START_CHECKS])
+        start = min(self.first("loss", START_CHECKS))
         if len(losses) < 2 or start <= 0:
             return []
         level = median(losses[-3:])

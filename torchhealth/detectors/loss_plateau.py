@@ -31,7 +31,7 @@ class LossPlateau(Detector):
         recent = progress(losses, WINDOW)
         if recent is None:
             return []
-        start = median(losses[:3])
+        start = median(self.first("loss"))
         total = (start - median(losses[-3:])) / max(abs(start), 1e-12)
         if abs(recent) < MIN_RECENT and total < MIN_TOTAL:
             ratios = snapshot.family("update_ratio")
