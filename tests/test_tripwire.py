@@ -32,3 +32,21 @@ def test_explosion_is_flagged_before_the_first_nonfinite_loss():
     explosions = [a.step for a in result.alerts if a.kind == "exploding_gradient"]
     assert result.first_nonfinite_step is not None and explosions
     assert min(explosions) < result.first_nonfinite_step
+
+
+def test_a_loss_that_stays_nonfinite_adds_at_most_three_checks_per_interval():
+    import torchhealth
+    from torch import nn
+
+    model = nn.Linear(2, 1)
+    monitor = torchhealth.Monitor(model, check_every=10, on_alert=lambda a: None)
+    checked = []
+    for step in range(50):
+        loss = (model(torch.ones(2, 2)) - 1).pow(2).mean()
+        loss.backward()
+        monitor.step(loss * float("nan") if step >= 20 else loss)
+        model.zero_grad()
+        if monitor.last_snapshot.step == step:
+            checked.append(step)
+    monitor.close()
+    assert checked == [0, 10, 20, 21, 22, 23, 30, 31, 32, 33, 40, 41, 42, 43]

@@ -28,6 +28,10 @@ MAX_ALERT_HISTORY = 1000
 STATE_VERSION = 1
 
 
+MAX_FORCED_CHECKS = 3
+"""Checks the loss trip-wire may add between two scheduled checks."""
+
+
 class Monitor:
     """Watches one model's training health.
 
@@ -66,6 +70,8 @@ class Monitor:
         self.alerts: list[Alert] = []
         self.step_count = 0
         self._interval_start = 0
+        self._forced_checks = 0
+        self.last_snapshot: Snapshot | None = None
         self._closed = False
         self._attached: list[Any] = []
 
@@ -132,7 +138,14 @@ class Monitor:
         if val_loss is not None:
             self.log_validation(val_loss)
         new: list[Alert] = []
-        if step % self.options.check_every == 0 or tripped:
+        scheduled = step % self.options.check_every == 0
+        if scheduled:
+            self._forced_checks = 0
+        elif tripped and self._forced_checks < MAX_FORCED_CHECKS:
+            self._forced_checks += 1  # a loss that stays NaN or high must not turn every step into a check
+        else:
+            tripped = False
+        if scheduled or tripped:
             new = self.guard.call("check", self._check, step, default=[])
         if self.weights is not None and (step + 1) % self.options.check_every == 0:
             self.guard.call("collector weights", self.weights.remember_weights)
@@ -295,7 +308,7 @@ class Monitor:
             tensorboard = TensorBoardSink(self.log_dir)
             self.metric_sinks.append(tensorboard)
             self.alert_sinks += [tensorboard, JsonlAlertSink(self.log_dir)]
-        for handler in alert_handlers(self.options.on_alert):
+        for index, handler in enumerate(alert_handlers(self.options.on_alert)):
             if handler == "log":
                 if self.rank == 0:
                     self.alert_sinks.append(LoggingSink())
@@ -305,7 +318,7 @@ class Monitor:
             elif handler == "raise":
                 self._raise_on_critical = True
             else:
-                self.alert_sinks.append(CallbackSink(handler))
+                self.alert_sinks.append(CallbackSink(handler, index))
         if self.options.webhook_url is not None and self.rank == 0:
             self.alert_sinks.append(WebhookSink(self.options.webhook_url, log_dir=self.log_dir))
 
