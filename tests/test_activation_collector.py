@@ -205,3 +205,17 @@ def test_unsampled_forwards_are_not_observed(strict_monitor):
         seen.append("zero_fraction" in snap.stats)
     # forwards of steps 0 and 3 are sampled (step 0 always is)
     assert seen == [True, False, False, True, False, False]
+
+
+def test_evaluation_forwards_between_steps_are_not_counted(strict_monitor):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    monitor = strict_monitor(model)
+    x = torch.randn(5, 3)
+    model.eval()
+    with torch.no_grad():
+        for _ in range(50):  # a validation loop while the next forward is due to be sampled
+            model(-torch.ones(7, 3) * 100)
+    model.train()
+    snap = run(monitor, model, x)
+    ref = torch.relu(model[0](x))
+    assert snap.stats["zero_fraction"]["1"] == pytest.approx(float((ref == 0).float().mean()))

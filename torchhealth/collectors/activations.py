@@ -196,16 +196,24 @@ class ActivationCollector(Collector):
             self._stack.pop()
 
     def _on_activation(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self.sampling:  # the cost of an unsampled forward: this test, once per activation module
+        if not self.sampling or self._evaluating():
             return
         if not torch.compiler.is_compiling() and _recomputing():  # folded away when traced: no graph break
             return
         self._guard.call("activation hooks", self._observe, self._names[module], activation_kind(module), output)
 
+    def _evaluating(self) -> bool:
+        """An evaluation forward (eval mode, no grad) between training steps: not training statistics.
+
+        Both are needed: reentrant activation checkpointing runs its first pass without grad in
+        training mode, and some fine-tuning trains with the model in eval mode.
+        """
+        return not self.model.training and not torch.is_grad_enabled()
+
     def on_functional(self, kind: str, output: Any) -> None:
         """Called by the function mode for each functional activation outside hooked modules."""
         owner = self._stack[-1] if self._stack else self.model
-        if owner in self._hooked:
+        if owner in self._hooked or self._evaluating():
             return  # an activation module calling F.relu: already seen by its own hook
         name = self._names.get(owner, ROOT_NAME)
         self._observe(f"{name}:{kind}", kind, output)
