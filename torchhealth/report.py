@@ -98,7 +98,7 @@ def load_run(run_dir: str) -> RunReport:
     alerts_path = os.path.join(run_dir, ALERTS_FILE)
     if os.path.exists(alerts_path):
         with open(alerts_path, encoding="utf-8") as f:
-            report.alerts = [json.loads(line) for line in f if line.strip()]
+            report.alerts = [alert for alert in map(_parse_line, f) if alert is not None]
     return report
 
 
@@ -136,3 +136,11 @@ def _file_scalars(report: RunReport, tag: str, points: list[tuple[int, float]]) 
         health.grad_norm_max = bad[0] if bad else max(values)
     elif family in ("dead_units", "update_ratio"):
         setattr(report.layers.setdefault(layer, LayerHealth()), family, latest)
+
+
+def _parse_line(line: str) -> dict | None:
+    """One alert of alerts.jsonl; None for a blank line or the torn last line of a killed run."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None

@@ -48,8 +48,8 @@ class LossCollector(Collector):
 
     def record_validation(self, loss: torch.Tensor | float) -> None:
         """Adds one validation loss (averaged with others reported in the same interval)."""
-        value = self._as_scalar(loss)
-        self._follow(value.device)
+        # the value goes where the state is: a CPU validation loss must not pull the state off the GPU
+        value = self._as_scalar(loss).to(self._val.device, non_blocking=True)
         self._val.add_(torch.stack([value, torch.ones_like(value)]))
 
     def _as_scalar(self, loss: torch.Tensor | float) -> torch.Tensor:

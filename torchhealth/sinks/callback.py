@@ -15,9 +15,10 @@ class CallbackSink(Sink):
 
     name = "callback"
 
-    def __init__(self, fn: Callable[[Alert], Any]) -> None:
+    def __init__(self, fn: Callable[[Alert], Any], index: int = 0) -> None:
         self.fn = fn
-        self.name = f"callback {getattr(fn, '__qualname__', repr(fn))}"
+        # the index keeps two lambdas apart: a failing one must not switch the other off
+        self.name = f"callback #{index} {getattr(fn, '__qualname__', repr(fn))}"
 
     def write_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:

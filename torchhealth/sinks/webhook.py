@@ -121,10 +121,10 @@ class WebhookSink(Sink):
                 self._queue.task_done()
 
     def _send(self, payload: dict[str, Any]) -> None:
-        body = json.dumps(payload, allow_nan=False).encode("utf-8")
-        request = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json", "User-Agent": _SOURCE})
-        try:
+        try:  # encoding too: nothing may end the sending thread
+            body = json.dumps(payload, allow_nan=False).encode("utf-8")
+            request = urllib.request.Request(self.url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json", "User-Agent": _SOURCE})
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()
             self.sent += 1
