@@ -85,14 +85,6 @@ def leaky_relu(facts: ModelFacts, evidence: dict) -> str | None:
             f"cannot recover; a small negative slope keeps it trainable.")
 
 
-def dead_unit_lr(facts: ModelFacts, evidence: dict) -> str | None:
-    lr = facts.learning_rate()
-    if not lr:
-        return None
-    return (f"Lower the learning rate from {lr:g} to {_round(lr / 5):g}: large updates push ReLU pre-activations "
-            f"negative for every input, which kills units.")
-
-
 def bias_init(facts: ModelFacts, evidence: dict) -> str | None:
     bias = evidence.get("preceding_bias_mean")
     if bias is None or bias >= 0:
@@ -220,7 +212,9 @@ CATALOGUE: dict[str, tuple[Callable[[ModelFacts, dict], str | None], ...]] = {
         relu_for_saturating, normalization, init_scale,
         lower_lr(3, "large updates drive pre-activations into the flat tails")),
     "dead_units": (
-        leaky_relu, bias_init, dead_unit_lr, normalization, init_scale),
+        leaky_relu, bias_init,
+        lower_lr(5, "large updates push ReLU pre-activations negative for every input, which kills units"),
+        normalization, init_scale),
     "loss_plateau": (
         plateau_lr, relu_for_saturating, normalization, init_scale, check_data),
     "overfitting": (dropout, weight_decay, early_stopping),
