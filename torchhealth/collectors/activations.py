@@ -110,6 +110,7 @@ class ActivationCollector(Collector):
         self._hooked = {m for m in self._names if activation_kind(m)}
         self._functional = functional
         self._discovering = True  # the first sampled forward also records forward order
+        self._functional_seen = False  # set when a functional site is found: the mode is needed again
         self._stack: list[nn.Module] = []
         self._mode: _FunctionalActivationMode | None = None
         self._global_handles: list[RemovableHandle] = []
@@ -158,7 +159,7 @@ class ActivationCollector(Collector):
         self._calls.clear()
         if torch.compiler.is_compiling():
             self._compiled = True
-        if not self.sampling or not (self._discovering or (self._functional and self._has_functional())):
+        if not self.sampling or not (self._discovering or (self._functional and self._functional_seen)):
             return
         if torch.compiler.is_compiling():
             # Global hooks and a function mode cannot be set up inside a compiled graph (a graph
@@ -232,15 +233,13 @@ class ActivationCollector(Collector):
         if site is None:
             site_name = name if key[1] == 0 else f"{name}#{key[1]}"
             site = self.sites[key] = Site(site_name, kind, units, axis, x.device, self.interval)
+            self._functional_seen = self._functional_seen or ":" in name
             self.facts.activations.setdefault(site_name, kind)
             self.facts.note_forward(site_name)
         elif (axis, units) != (site.axis, site.units):
             return  # another layout (an unbatched call, a capped site of another width): skip, never mix units
         site.observe(x)
         self._observed.append(site)
-
-    def _has_functional(self) -> bool:
-        return any(":" in name for name, _ in self.sites)
 
     def file_step(self, offset: int) -> None:
         """Files what this step's forwards saw under the step's ``offset`` in the check interval.
