@@ -163,3 +163,14 @@ def test_works_without_loss_and_before_any_backward():
     with torchhealth.Monitor(model, check_every=1, strict=True) as monitor:
         assert monitor.step() == []
         assert "grad_norm" not in monitor.last_snapshot.stats
+
+
+def test_a_monitor_that_fails_to_build_leaves_no_hook(monkeypatch):
+    def broken_sinks(self):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torchhealth.Monitor, "_build_sinks", broken_sinks)
+    model = net()
+    with pytest.raises(OSError, match="disk full"):
+        torchhealth.Monitor(model)
+    assert all_hooks(model) == 0

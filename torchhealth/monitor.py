@@ -82,15 +82,11 @@ class Monitor:
         # The trip-wire decides on one rank's loss; under torch.distributed every rank must check at
         # the same steps (a check is a collective), so there checks follow the schedule alone.
         self.loss_collector = LossCollector(device, self.options.check_every, tripwire=self.world_size == 1)
-        self.activations = ActivationCollector(
-            inner, self.facts, self.options.check_every, self.options.window_samples,
-            functional=self.options.functional_activations, guard=self.guard)
         copies = distributed.replica_counts(model, params)
         self.weights = WeightCollector(params, device, copies) if optimizer is not None else None
         self.collectors: dict[str, Collector] = {
             "loss": self.loss_collector,
             "gradients": GradientCollector(params, device, self.options.per_parameter, copies),
-            "activations": self.activations,
         }
         if self.weights is not None:
             self.collectors["weights"] = self.weights
@@ -102,6 +98,11 @@ class Monitor:
         self.alert_sinks: list[Sink] = []
         self._raise_on_critical = False
         self._build_sinks()
+        # last: it puts hooks on the user's model, and nothing that can still fail may leave them there
+        self.activations = ActivationCollector(
+            inner, self.facts, self.options.check_every, self.options.window_samples,
+            functional=self.options.functional_activations, guard=self.guard)
+        self.collectors["activations"] = self.activations
         self._failed_parts = 0
         # delivered by the first step(), so that load_state_dict() can drop those a resumed run already sent
         self._static_alerts = [a for d in self.detectors
