@@ -174,3 +174,21 @@ def test_a_monitor_that_fails_to_build_leaves_no_hook(monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         torchhealth.Monitor(model)
     assert all_hooks(model) == 0
+
+
+def test_a_failed_check_stops_monitoring_and_removes_its_hooks(caplog):
+    model = net()
+    monitor = torchhealth.Monitor(model, check_every=1, sample_every=1)
+    before = all_hooks(model)
+
+    def broken(step, final=False):
+        raise RuntimeError("detector bug")
+
+    monitor._check = broken
+    with caplog.at_level(logging.ERROR, logger="torchhealth"):
+        one_step(model, monitor)  # the check fails: logged once, training goes on
+    assert any("check failed" in r.getMessage() for r in caplog.records)
+    assert before > 0 and all_hooks(model) == before  # still attached until the next step
+    one_step(model, monitor)
+    assert all_hooks(model) == 0 and monitor.collectors == {}
+    monitor.close()

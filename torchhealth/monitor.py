@@ -127,6 +127,9 @@ class Monitor:
             raise RuntimeError("Monitor.step() was called after close(); create a new Monitor to keep watching")
         if len(self.guard.disabled) != self._failed_parts:
             self._retire_failed_collectors()
+        if "check" in self.guard.disabled:  # monitoring has failed and stopped: cost nothing from now on
+            self.step_count += 1
+            return []
         if self._static_alerts:
             static, self._static_alerts = self._static_alerts, []
             self._deliver(static)
@@ -297,8 +300,11 @@ class Monitor:
         function mode.
         """
         self._failed_parts = len(self.guard.disabled)
+        checks_off = "check" in self.guard.disabled  # nothing would ever read the collectors again
         for name, collector in list(self.collectors.items()):
             parts = [f"collector {name}"] + (["activation hooks"] if collector is self.activations else [])
+            if checks_off:
+                parts.append("check")
             if any(part in self.guard.disabled for part in parts):
                 del self.collectors[name]
                 self.guard.call(f"collector {name} close", collector.close)
