@@ -145,11 +145,10 @@ class Monitor:
         scheduled = step % self.options.check_every == 0
         if scheduled:
             self._forced_checks = 0
-        elif tripped and self._forced_checks < MAX_FORCED_CHECKS:
-            self._forced_checks += 1  # a loss that stays NaN or high must not turn every step into a check
-        else:
-            tripped = False
-        if scheduled or tripped:
+        # a loss that stays NaN or high must not turn every step into a check
+        forced = not scheduled and tripped and self._forced_checks < MAX_FORCED_CHECKS
+        self._forced_checks += forced
+        if scheduled or forced:
             new = self.guard.call("check", self._check, step, default=[])
         if self.weights is not None and (step + 1) % self.options.check_every == 0:
             self.guard.call("collector weights", self.weights.remember_weights)
