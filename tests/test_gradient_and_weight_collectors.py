@@ -99,6 +99,29 @@ def test_update_ratio_is_measured(strict_monitor, opt_cls):
             math.sqrt(sum(float((after[f"{layer}.{k}"] ** 2).sum()) for k in ("weight", "bias"))), rel=1e-5)
 
 
+def test_weights_are_read_and_copied_only_for_log_steps(strict_monitor):
+    """Weight norms and update ratios cost parameter-sized passes: only log steps pay them."""
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = strict_monitor(model, opt, check_every=2, log_every=6)
+    copies = []
+    remember = monitor.weights.remember_weights
+    monitor.weights.remember_weights = lambda: (copies.append(monitor.step_count), remember())[1]
+    families = {}
+    for _ in range(13):
+        loss = model(torch.randn(8, 6)).pow(2).mean()
+        loss.backward()
+        monitor.step(loss)
+        opt.step()
+        opt.zero_grad()
+        families[monitor.last_snapshot.step] = set(monitor.last_snapshot.stats)
+    assert copies == [5, 11], "weights are copied on the step before a log step only"
+    for step, names in families.items():
+        assert ("weight_norm" in names) == (step % 6 == 0), step
+        assert ("update_ratio" in names) == (step in (6, 12)), step
+        assert "grad_norm" in names
+
+
 def test_nonfinite_gradient_is_reported_with_layer_and_step(strict_monitor):
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
     monitor = strict_monitor(model)

@@ -150,7 +150,7 @@ class Monitor:
         self._forced_checks += forced
         if scheduled or forced:
             new = self.guard.call("check", self._check, step, default=[])
-        if self.weights is not None and (step + 1) % self.options.check_every == 0:
+        if self.weights is not None and (step + 1) % self.options.log_every == 0:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
         self.activations.sampling = self.step_count % self.options.sample_every == 0
@@ -258,22 +258,26 @@ class Monitor:
     # -- the check: one transfer, then pure host code ----------------------------------------------
     def _check(self, step: int, final: bool = False) -> list[Alert]:
         snapshot = Snapshot(step=step)
-        states = {name: self.guard.call(f"collector {name}", c.state, default={}) for name, c in self.collectors.items()}
+        logging = step % self.options.log_every == 0 or final
+        # Weight norms and update ratios are read on log steps only: they cost several passes over
+        # the parameters, and no detector needs them between two TensorBoard writes.
+        collectors = {name: c for name, c in self.collectors.items() if logging or c is not self.weights}
+        states = {name: self.guard.call(f"collector {name}", c.state, default={}) for name, c in collectors.items()}
         flat_state = {f"{name}/{key}": value for name, state in states.items() for key, value in state.items()}
         reduced = distributed.reduce_state(flat_state)
         parts: list[tuple[str, str, list[str], torch.Tensor]] = []
-        for name, collector in self.collectors.items():
+        for name, collector in collectors.items():
             mine = {key: reduced[f"{name}/{key}"] for key in states[name]}
             for family, layers, values in self.guard.call(f"collector {name}", collector.summarize, mine, default=[]):
                 parts.append((name, family, layers, values))
         host = _to_host([values for _, _, _, values in parts])
-        per_collector: dict[str, dict[tuple[str, str], float]] = {name: {} for name in self.collectors}
+        per_collector: dict[str, dict[tuple[str, str], float]] = {name: {} for name in collectors}
         for (name, family, layers, _), values in zip(parts, host):
             per_collector[name].update(((family, layer), v) for layer, v in zip(layers, values))
-        for name, collector in self.collectors.items():
+        for name, collector in collectors.items():
             self.guard.call(f"collector {name}", collector.finish, per_collector[name], snapshot, self._interval_start)
         self._interval_start = step + 1
-        if step % self.options.log_every == 0 or final:
+        if logging:
             for sink in self.metric_sinks:
                 self.guard.call(f"sink {sink.name}", sink.write_snapshot, snapshot)
         self.last_snapshot = snapshot

@@ -291,7 +291,8 @@ def scenario_fsdp(rank, world, out_dir, counter, wrap):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
     monitor = torchhealth.Monitor(model, optimizer=optimizer, log_dir=None, check_every=CHECK_EVERY,
-                                  sample_every=1, window_samples=64, on_alert=[lambda a: None])
+                                  log_every=CHECK_EVERY, sample_every=1, window_samples=64,
+                                  on_alert=[lambda a: None])
     monitor.detectors.append(DeadUnitsRule())
     record = train(model, monitor, optimizer, rank, 11, counter)
     monitor.close()

@@ -33,7 +33,8 @@ def fault_records(caplog) -> list[logging.LogRecord]:
 def make(strict=False, **options):
     model = Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    monitor = Monitor(model, optimizer=optimizer, strict=strict, check_every=2, sample_every=1, **options)
+    monitor = Monitor(model, optimizer=optimizer, strict=strict, check_every=2, log_every=2, sample_every=1,
+                      **options)
     return model, optimizer, monitor
 
 

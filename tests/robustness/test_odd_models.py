@@ -12,7 +12,7 @@ from torchhealth import Monitor
 
 
 def strict_monitor(model, optimizer=None, **options):
-    return Monitor(model, optimizer=optimizer, strict=True, check_every=1, sample_every=1, **options)
+    return Monitor(model, optimizer=optimizer, strict=True, check_every=1, log_every=1, sample_every=1, **options)
 
 
 def test_no_parameters():

@@ -25,6 +25,9 @@ class LossPlateau(Detector):
     kind = "loss_plateau"
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
+        ratios = snapshot.family("update_ratio")
+        if ratios:  # measured on log steps only: the latest is kept for the evidence
+            self.memory["update_ratio"] = median(list(ratios.values()))
         if snapshot.loss is None:
             return []
         losses = self.remember("loss", snapshot.loss)
@@ -34,9 +37,8 @@ class LossPlateau(Detector):
         start = median(self.first("loss"))
         total = (start - median(losses[-3:])) / max(abs(start), 1e-12)
         if abs(recent) < MIN_RECENT and total < MIN_TOTAL:
-            ratios = snapshot.family("update_ratio")
             evidence = {"recent_progress": recent, "total_progress": total, "start_loss": start,
-                        "loss": snapshot.loss, "update_ratio": median(list(ratios.values())) if ratios else None}
+                        "loss": snapshot.loss, "update_ratio": self.memory.get("update_ratio")}
             return self.episode(MODEL, facts, step=snapshot.step, severity="warning",
                 layer=None, value=snapshot.loss, evidence=evidence,
                 message=(f"training loss {snapshot.loss:.4g} moved {recent:+.1%} over the last {WINDOW} checks and "
