@@ -35,7 +35,7 @@ def scalar_tag(family: str, layer: str) -> str:
 
 
 class TensorBoardSink(Sink):
-    """Writes with TensorBoard's own writer (``add_scalar`` only, never ``add_scalars``).
+    """Writes with TensorBoard's own writer: one scalar tag per statistic and layer (never ``add_scalars``).
 
     The writer is created on the first write, so a run that logs nothing leaves no empty files.
     """
@@ -59,14 +59,18 @@ class TensorBoardSink(Sink):
         return self._writer
 
     def write_snapshot(self, snapshot: Snapshot) -> None:
-        writer = self.writer
-        for family, values in snapshot.stats.items():
-            for layer, value in values.items():
-                writer.add_scalar(scalar_tag(family, layer), value, snapshot.step)
-        if snapshot.loss is not None:
-            writer.add_scalar(f"{TAG_PREFIX}/loss", snapshot.loss, snapshot.step)
-        if snapshot.val_loss is not None:
-            writer.add_scalar(f"{TAG_PREFIX}/val_loss", snapshot.val_loss, snapshot.step)
+        # One event holding every scalar of the step: the same scalar records add_scalar writes, but
+        # one protobuf serialization and one queue entry instead of one per layer and family.
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=scalar_tag(family, layer), simple_value=value)
+                  for family, layers in snapshot.stats.items() for layer, value in layers.items()]
+        for name in ("loss", "val_loss"):
+            value = getattr(snapshot, name)
+            if value is not None:
+                values.append(Summary.Value(tag=f"{TAG_PREFIX}/{name}", simple_value=value))
+        if values:
+            self.writer._get_file_writer().add_summary(Summary(value=values), snapshot.step)
 
     def write_alerts(self, alerts: list[Alert]) -> None:
         from tensorboard.plugins.text.summary_v2 import text_pb
