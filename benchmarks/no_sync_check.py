@@ -1,10 +1,12 @@
-"""Proves on a GPU that the monitor never synchronizes with the host on unchecked steps.
+"""Proves on a GPU that the monitor never makes the host wait for the device mid-step.
 
 Every step of a training loop with a Monitor at its defaults runs under
-``torch.cuda.set_sync_debug_mode``: ``"error"`` on steps that check nothing (any synchronizing
-CUDA call raises), ``"warn"`` on check steps (the synchronizations are counted; one batched
-read is expected). A plain step runs under ``"error"`` first, to show the loop itself is clean.
-With ``--device cpu`` the same loop runs as a dry run (sync debug mode exists only for CUDA).
+``torch.cuda.set_sync_debug_mode("error")``: any synchronizing CUDA call (``.item()``,
+``.tolist()`` of a device tensor, a blocking copy...) raises. Check steps included: a check copies
+its statistics to pinned memory without waiting and the next step reads them after a CUDA event,
+so the only wait left is that event's, counted here (one per check, at the step after it, and
+usually already complete). A plain step runs under ``"error"`` first, to show the loop itself is
+clean. With ``--device cpu`` the same loop runs as a dry run (sync debug mode exists only for CUDA).
 
 Usage::
 
@@ -71,28 +73,35 @@ def check(w: Workload, device: torch.device, steps: int) -> dict[str, object]:
         result["plain_step"] = "no sync"
     except RuntimeError as exc:
         result["plain_step"] = f"SYNCS ({str(exc).splitlines()[0]}): the loop itself is not sync-free"
+    waits: list[tuple[int, bool]] = []  # (step, whether the event had completed before the wait)
+    if device.type == "cuda":
+        original = torch.cuda.Event.synchronize
+
+        def counted(event):
+            waits.append((current_step, event.query()))
+            return original(event)
+
+        torch.cuda.Event.synchronize = counted
     with tempfile.TemporaryDirectory(prefix="torchhealth-nosync-") as log_dir:
         monitor = torchhealth.Monitor(model, opt, log_dir=log_dir, strict=True)  # strict: errors reach us
         every = monitor.options.check_every
-        unchecked_ok, unchecked_failed, check_syncs = 0, [], []
-        for i in range(steps):
-            checking = monitor.step_count % every == 0
+        checks, failed = [], []
+        for current_step in range(steps):
+            if monitor.step_count % every == 0:
+                checks.append(current_step)
             try:
-                with sync_debug(device, "warn" if checking else "error") as caught:
+                with sync_debug(device, "error"):
                     step(monitor)
             except RuntimeError as exc:
-                unchecked_failed.append(f"step {i}: {str(exc).splitlines()[0]}")
+                failed.append(f"step {current_step}: {str(exc).splitlines()[0]}")
                 traceback.print_exc()
-                continue
-            if checking:
-                check_syncs.append(len(caught))
-                if device.type == "cuda" and len(caught) != 1:
-                    print(f"check step {i}: {len(caught)} syncs: {caught}", flush=True)
-            else:
-                unchecked_ok += 1
         monitor.close()
-    result.update(unchecked_steps_without_sync=unchecked_ok, unchecked_steps_with_sync=unchecked_failed,
-                  syncs_per_check_step=check_syncs, snapshot_families=sorted(monitor.last_snapshot.stats))
+    if device.type == "cuda":
+        torch.cuda.Event.synchronize = original
+    result.update(steps_without_sync=steps - len(failed), steps_with_sync=failed, check_steps=checks,
+                  event_waits_at_steps=[s for s, _ in waits],
+                  event_waits_already_complete=sum(done for _, done in waits),
+                  snapshot_families=sorted(monitor.last_snapshot.stats))
     return result
 
 
@@ -116,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # report and go on to the next model
             traceback.print_exc()
             r = {"model": w.name, "error": f"{type(exc).__name__}: {exc}"}
-        ok = not r.get("error") and not r.get("unchecked_steps_with_sync") and (
-            device.type != "cuda" or all(n == 1 for n in r.get("syncs_per_check_step", [])))
+        # one event wait per check, at the step after it (the last one at close(), after the loop)
+        expected_waits = [c + 1 for c in r.get("check_steps", []) if c + 1 < args.steps]
+        ok = not r.get("error") and not r.get("steps_with_sync") and (
+            device.type != "cuda" or r.get("event_waits_at_steps", [])[:len(expected_waits)] == expected_waits)
         failed |= not ok
         lines.append(f"## {r['model']}: {'PASS' if ok else 'FAIL'}")
         lines += [f"- {key}: {value}" for key, value in r.items() if key != "model"] + [""]

@@ -22,6 +22,7 @@ from torchhealth.safety import Guard
 from torchhealth.sinks import CallbackSink, JsonlAlertSink, LoggingSink, Sink, TensorBoardSink, WarningSink
 from torchhealth.sinks.webhook import WebhookSink
 from torchhealth.snapshot import Snapshot
+from torchhealth.transfer import HostCopy
 
 MAX_ALERT_HISTORY = 1000
 """``Monitor.alerts`` keeps the latest this many alerts, so a long run's memory stays flat."""
@@ -32,12 +33,26 @@ MAX_FORCED_CHECKS = 3
 """Checks the loss trip-wire may add between two scheduled checks."""
 
 
+@dataclasses.dataclass
+class _Reading:
+    """A check whose statistics are on their way to the host (see ``Monitor._start_check``)."""
+
+    snapshot: Snapshot
+    logging: bool
+    interval_start: int
+    collectors: dict[str, Collector]
+    parts: list[tuple[str, str, list[str]]]
+    copy: HostCopy
+
+
 class Monitor:
     """Watches one model's training health.
 
     Call ``step(loss)`` once per training step, after ``backward()`` and before ``zero_grad()``.
     Statistics accumulate on the device; every ``check_every`` steps they are copied to the host
     in one transfer, written to TensorBoard (every ``log_every`` steps) and checked by the detectors.
+    From a GPU the copy runs while training goes on, and the check's alerts arrive one step later
+    (from the next ``step()``; ``flush()`` reads them at once), carrying the step they are about.
 
     Args:
         model: The module to watch (DDP/FSDP wrappers are looked through). Under torch.distributed,
@@ -71,6 +86,7 @@ class Monitor:
         self.step_count = 0
         self._interval_start = 0
         self._forced_checks = 0
+        self._reading: _Reading | None = None
         self.last_snapshot: Snapshot | None = None
         self._closed = False
         self._attached: list[Any] = []
@@ -133,6 +149,9 @@ class Monitor:
         if self._static_alerts:
             static, self._static_alerts = self._static_alerts, []
             self._deliver(static)
+        new: list[Alert] = []
+        if self._reading is not None:  # the last check's copy from the GPU: read it now, one step later
+            new += self.guard.call("check", self._finish_check, default=[])
         step = self.step_count
         # read before this step's loss is recorded: on a GPU its copy of the flag is still in flight
         tripped = self.guard.call("collector loss", self.loss_collector.tripped, default=False)
@@ -141,7 +160,6 @@ class Monitor:
         self.guard.call("collector activations", self.activations.file_step, step - self._interval_start)
         if val_loss is not None:
             self.log_validation(val_loss)
-        new: list[Alert] = []
         scheduled = step % self.options.check_every == 0
         if scheduled:
             self._forced_checks = 0
@@ -149,7 +167,7 @@ class Monitor:
         forced = not scheduled and tripped and self._forced_checks < MAX_FORCED_CHECKS
         self._forced_checks += forced
         if scheduled or forced:
-            new = self.guard.call("check", self._check, step, default=[])
+            new += self.guard.call("check", self._check, step, default=[])
         if self.weights is not None and (step + 1) % self.options.log_every == 0:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
@@ -161,12 +179,28 @@ class Monitor:
         """Reports a validation loss; it appears in the next snapshot (and enables overfitting checks)."""
         self.guard.call("collector loss", self.loss_collector.record_validation, loss)
 
+    def flush(self) -> list[Alert]:
+        """Reads a check whose statistics are still on their way from the GPU, at once.
+
+        Checks on a GPU are read at the next ``step()``; call this to have ``last_snapshot`` and
+        ``alerts`` up to date now (it waits for the copy). Nothing to do on the CPU.
+
+        Returns:
+            The alerts of that check (usually empty).
+
+        Raises:
+            TrainingHealthError: On a critical alert when ``on_alert="raise"``.
+        """
+        return self._flush(may_raise=True)
+
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the step count, each detector's history and the alerts sent.
 
         Save it with the model's checkpoint; it holds plain Python values only, so
-        ``torch.load(..., weights_only=True)`` reads it back.
+        ``torch.load(..., weights_only=True)`` reads it back. A check still being read from the
+        GPU is read first, so that its history and alerts are in the checkpoint.
         """
+        self._flush(may_raise=False)  # saving a checkpoint must not raise
         return {
             "version": STATE_VERSION,
             "step": self.step_count,
@@ -198,6 +232,7 @@ class Monitor:
         sent = {(a.kind, a.layer, a.message) for a in self.alerts}
         self._static_alerts = [a for a in self._static_alerts if (a.kind, a.layer, a.message) not in sent]
         self.step_count = self._interval_start = state["step"]
+        self._reading = None
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.reset_interval)
         self.activations.sampling = self.step_count % self.options.sample_every == 0
@@ -234,6 +269,7 @@ class Monitor:
             self.guard.call(f"detach {type(driver).__name__}", driver.close)
         static, self._static_alerts = self._static_alerts, []
         self._deliver(static, may_raise=False)  # a monitor closed before its first step still reports them
+        self._flush(may_raise=False)
         if self.world_size == 1 and (self.step_count > self._interval_start or self.skipped_steps.skipped):
             # The steps since the last check (their losses, AMP skips, a late validation loss) are
             # checked and logged once more. Not under torch.distributed: a check is a collective,
@@ -257,7 +293,14 @@ class Monitor:
 
     # -- the check: one transfer, then pure host code ----------------------------------------------
     def _check(self, step: int, final: bool = False) -> list[Alert]:
-        snapshot = Snapshot(step=step)
+        """Starts a check at ``step``; returns its alerts now, or [] while its copy from a GPU is in flight."""
+        self._reading = self._start_check(step, final)
+        if self._reading.copy.in_flight and not final:
+            return []  # read by the next step(): the GPU runs on meanwhile instead of waiting for the host
+        return self._finish_check()
+
+    def _start_check(self, step: int, final: bool) -> _Reading:
+        """Device side of a check: state, one all-reduce, summaries, one copy to the host, reset."""
         logging = step % self.options.log_every == 0 or final
         # Weight norms and update ratios are read on log steps only: they cost several passes over
         # the parameters, and no detector needs them between two TensorBoard writes.
@@ -270,19 +313,38 @@ class Monitor:
             mine = {key: reduced[f"{name}/{key}"] for key in states[name]}
             for family, layers, values in self.guard.call(f"collector {name}", collector.summarize, mine, default=[]):
                 parts.append((name, family, layers, values))
-        host = _to_host([values for _, _, _, values in parts])
-        per_collector: dict[str, dict[tuple[str, str], float]] = {name: {} for name in collectors}
-        for (name, family, layers, _), values in zip(parts, host):
-            per_collector[name].update(((family, layer), v) for layer, v in zip(layers, values))
-        for name, collector in collectors.items():
-            self.guard.call(f"collector {name}", collector.finish, per_collector[name], snapshot, self._interval_start)
+        copy = HostCopy([values for _, _, _, values in parts])
+        for name, collector in collectors.items():  # after the copy has been queued: it reads the summaries
+            self.guard.call(f"collector {name}", collector.reset_interval)
+        reading = _Reading(Snapshot(step=step), logging, self._interval_start, collectors,
+                           [(name, family, layers) for name, family, layers, _ in parts], copy)
         self._interval_start = step + 1
-        if logging:
+        return reading
+
+    def _finish_check(self) -> list[Alert]:
+        """Host side of the pending check: snapshot, sinks, detectors."""
+        reading, self._reading = self._reading, None
+        if reading is None:
+            return []
+        snapshot = reading.snapshot
+        per_collector: dict[str, dict[tuple[str, str], float]] = {name: {} for name in reading.collectors}
+        for (name, family, layers), values in zip(reading.parts, reading.copy.values()):
+            per_collector[name].update(((family, layer), v) for layer, v in zip(layers, values))
+        for name, collector in reading.collectors.items():
+            self.guard.call(f"collector {name}", collector.finish, per_collector[name], snapshot, reading.interval_start)
+        if reading.logging:
             for sink in self.metric_sinks:
                 self.guard.call(f"sink {sink.name}", sink.write_snapshot, snapshot)
         self.last_snapshot = snapshot
         return [a for d in self.detectors
                 for a in self.guard.call(f"detector {d.kind}", d.check, snapshot, self.facts, default=[])]
+
+    def _flush(self, *, may_raise: bool) -> list[Alert]:
+        if self._reading is None:
+            return []
+        alerts = self.guard.call("check", self._finish_check, default=[])
+        self._deliver(alerts, may_raise=may_raise)
+        return alerts
 
     def _deliver(self, alerts: list[Alert], *, may_raise: bool = True) -> None:
         if not alerts:
@@ -304,6 +366,8 @@ class Monitor:
         """
         self._failed_parts = len(self.guard.disabled)
         checks_off = "check" in self.guard.disabled  # nothing would ever read the collectors again
+        if checks_off:
+            self._reading = None
         for name, collector in list(self.collectors.items()):
             parts = [f"collector {name}"] + (["activation hooks"] if collector is self.activations else [])
             if checks_off:
@@ -331,27 +395,6 @@ class Monitor:
                 self.alert_sinks.append(CallbackSink(handler, index))
         if self.options.webhook_url is not None and self.rank == 0:
             self.alert_sinks.append(WebhookSink(self.options.webhook_url, log_dir=self.log_dir))
-
-
-def _to_host(tensors: list[torch.Tensor]) -> list[list[float]]:
-    """Copies many device vectors to the host with ONE transfer (the only sync of a check).
-
-    Vectors already on the CPU (host-side counts) are read directly: joining them to the device
-    vectors would upload them first, a second synchronization.
-    """
-    if not tensors:
-        return []
-    device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
-    joined = [t for t in tensors if t.device.type != "cpu" or device.type == "cpu"]
-    flat = torch.cat([t.detach().float().reshape(-1).to(device) for t in joined]).tolist()
-    out, start = [], 0
-    for t in tensors:
-        if t.device.type != "cpu" or device.type == "cpu":
-            out.append(flat[start:start + t.numel()])
-            start += t.numel()
-        else:
-            out.append(t.detach().float().reshape(-1).to("cpu").tolist())
-    return out
 
 
 def _alert_from_dict(record: dict[str, Any]) -> Alert:

@@ -16,6 +16,7 @@ from robustness_helpers import Net, leftover_hooks, read_alerts, train
 from torchhealth import Monitor, TrainingHealthError
 from torchhealth.collectors import ActivationCollector, GradientCollector, LossCollector, WeightCollector
 from torchhealth.sinks import JsonlAlertSink, TensorBoardSink
+from torchhealth.transfer import HostCopy
 
 
 class Injected(RuntimeError):
@@ -101,8 +102,9 @@ def test_bad_loss_value_is_logged_not_raised(caplog):
     assert "grad_norm" in families(monitor)
 
 
-def test_whole_check_fault_keeps_training(monkeypatch, caplog):
-    monkeypatch.setattr("torchhealth.monitor._to_host", boom)
+@pytest.mark.parametrize("phase", ["__init__", "values"])  # the device side of a check, and the host side
+def test_whole_check_fault_keeps_training(monkeypatch, caplog, phase):
+    monkeypatch.setattr(HostCopy, phase, boom)
     model, optimizer, monitor = make()
     with caplog.at_level(logging.ERROR, logger="torchhealth"):
         train(monitor, model, optimizer, steps=10)

@@ -244,6 +244,7 @@ def test_model_moved_between_devices_after_attaching(start, end):
     loss.backward()
     expected = torch.cat([p.grad.reshape(-1) for p in model.fc2.parameters()]).norm().item()
     monitor.step(loss)
+    monitor.flush()  # a check on the GPU is read at the next step; flush() reads it now
     assert monitor.last_snapshot.stats["grad_norm"]["fc2"] == pytest.approx(expected, rel=1e-5)
     assert monitor.last_snapshot.loss == pytest.approx(loss.item())
     device = torch.device(end).type
@@ -257,6 +258,7 @@ def test_model_moved_between_devices_after_attaching(start, end):
         monitor.step(loss)
         optimizer.step()
         optimizer.zero_grad()
+    monitor.flush()
     assert "update_ratio" in monitor.last_snapshot.stats
     monitor.close()
 

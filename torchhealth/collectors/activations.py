@@ -56,8 +56,10 @@ class Site:
             # What this step's forwards saw, filed by ``file_step`` outside the forward: a hook that read
             # changing Python numbers (step offset, running counts) would recompile under torch.compile.
             self.step_max = torch.zeros((), device=device)  # sum of this step's output maxima (non-finite marker)
+            # samples in the current dead-unit window; on the device, because whether a window closed
+            # is decided on the device from the count summed over ranks (see reset_interval)
+            self.window = torch.zeros((), device=device)
         self.numel = 0  # outputs seen this interval (host-side: shapes are known without a sync)
-        self.window_samples = 0
         self.step_counts: list[tuple[int, int]] = []  # (outputs, samples) per forward this step
         self._reduce_dims: tuple[int, ...] | None = None
 
@@ -65,8 +67,8 @@ class Site:
         """Adds one output tensor's statistics. No host synchronization."""
         if x.device != self.fires.device:
             with torch.inference_mode(False):
-                self.fires, self.positive, self.off, self.step_max = (
-                    t.to(x.device) for t in (self.fires, self.positive, self.off, self.step_max))
+                self.fires, self.positive, self.off, self.step_max, self.window = (
+                    t.to(x.device) for t in (self.fires, self.positive, self.off, self.step_max, self.window))
                 self.flags.to(x.device)
         # The largest output is NaN when any is, and +Inf when any is: activation outputs are never
         # -Inf (ReLU clamps it to 0, sigmoid/tanh are bounded), so one amax replaces a finiteness test.
@@ -116,6 +118,8 @@ class ActivationCollector(Collector):
         self._global_handles: list[RemovableHandle] = []
         self._segment_key: tuple | None = None
         self._segment_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._order: list[Site] = []
+        self._window_closed: torch.Tensor | None = None
         self._guard = guard or Guard(strict=True)
         wrap = self._guard.wrap
         self.handles: list[RemovableHandle] = [
@@ -245,17 +249,18 @@ class ActivationCollector(Collector):
         """Files what this step's forwards saw under the step's ``offset`` in the check interval.
 
         Called by the monitor once per step, outside the forward; returns at once on steps whose
-        forwards were not sampled. Two launches for all sites, no host synchronization.
+        forwards were not sampled. Three launches for all sites, no host synchronization.
         """
         if not self._observed:
             return
         sites = list(dict.fromkeys(self._observed))
         self._observed.clear()
+        samples = []
         for site in sites:
-            for numel, samples in site.step_counts:
-                site.numel += numel
-                site.window_samples += samples
+            site.numel += sum(numel for numel, _ in site.step_counts)
+            samples.append(float(sum(n for _, n in site.step_counts)))
             site.step_counts.clear()
+        torch._foreach_add_([site.window for site in sites], samples)  # numbers as kernel arguments: no upload
         slots = [site.flags.slot(offset) for site in sites]
         if slots[0] is not None:
             torch._foreach_add_(slots, [site.step_max for site in sites])
@@ -267,9 +272,9 @@ class ActivationCollector(Collector):
         if not self._order:
             return {}
         device = self._order[0].fires.device
-        counts = host_vector([float(s.numel) for s in self._order] + [float(s.window_samples) for s in self._order]
-                             + [float(s.kind == "relu") for s in self._order], device)
-        numel, samples, relu = counts.view(3, -1)
+        counts = host_vector([float(s.numel) for s in self._order] + [float(s.kind == "relu") for s in self._order],
+                             device)
+        numel, relu = counts.view(2, -1)
         positive = torch.cat([s.positive.to(device) for s in self._order])
         fires = torch.cat([s.fires.to(device) for s in self._order]) + positive
         _, segment = self._segments(device)
@@ -280,7 +285,7 @@ class ActivationCollector(Collector):
             "numel": (numel, "sum"),
             "fires": (fires, "sum"),
             "flags": ((~torch.isfinite(torch.stack([s.flags.flags.to(device) for s in self._order]))).float(), "sum"),
-            "samples": (samples, "sum"),
+            "samples": (torch.stack([s.window.to(device) for s in self._order]), "sum"),
         }
 
     def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
@@ -289,6 +294,9 @@ class ActivationCollector(Collector):
         names = [s.name for s in self._order]
         units, segment = self._segments(state["fires"].device)
         dead = torch.zeros(len(names), device=units.device).index_add_(0, segment, (state["fires"] == 0).float())
+        # Kept for reset_interval, which restarts the windows that close here. The test runs on the
+        # device, on the count summed over ranks, so that it needs no host value and every rank agrees.
+        self._window_closed = state["samples"] >= self.window_samples
         return [
             ("_off_fraction", names, state["off"] / state["numel"]),
             ("dead_units", names, dead / units),
@@ -314,19 +322,25 @@ class ActivationCollector(Collector):
             if not math.isnan(off):
                 family = "zero_fraction" if site.kind == "relu" else "saturation"
                 snapshot.stats.setdefault(family, {})[site.name] = off
-            if site.kind == "relu" and samples >= self.window_samples:
+            if site.kind == "relu" and samples >= self.window_samples:  # the window closed at this check
                 snapshot.stats.setdefault("dead_units", {})[site.name] = dead
                 snapshot.window_samples = max(snapshot.window_samples, int(samples))
-                site.fires.zero_()
-                site.positive.zero_()  # already counted in the window just closed
-                site.window_samples = 0
         super().finish(values, snapshot, interval_start)
 
     def reset_interval(self) -> None:
         sites = list(self.sites.values())
-        if sites:  # one launch each, not several per site
-            torch._foreach_add_([s.fires for s in sites], [s.positive for s in sites])
-            torch._foreach_zero_([s.positive for s in sites] + [s.off for s in sites] + [s.flags.flags for s in sites])
+        if not sites:
+            return
+        # one launch each, not several per site
+        torch._foreach_add_([s.fires for s in sites], [s.positive for s in sites])
+        closed, self._window_closed = self._window_closed, None
+        if closed is not None and len(closed) == len(self._order):  # windows that closed at this check restart
+            _, segment = self._segments(closed.device)
+            keep_site = (~closed).float()
+            keep_units = keep_site[segment].split([s.units for s in self._order])
+            torch._foreach_mul_([s.fires for s in self._order], _on_devices(keep_units, self._order, "fires"))
+            torch._foreach_mul_([s.window for s in self._order], _on_devices(keep_site.unbind(), self._order, "window"))
+        torch._foreach_zero_([s.positive for s in sites] + [s.off for s in sites] + [s.flags.flags for s in sites])
         for site in sites:
             site.numel = 0
 
@@ -336,6 +350,12 @@ class ActivationCollector(Collector):
         for handle in self.handles + self._global_handles + self._activation_handles:
             handle.remove()
         self.handles, self._global_handles, self._activation_handles = [], [], []
+
+
+def _on_devices(tensors: tuple[torch.Tensor, ...], sites: list[Site], attr: str) -> list[torch.Tensor]:
+    """``tensors`` moved to the device of each site's ``attr`` (a model spread over devices)."""
+    return [t if t.device == getattr(s, attr).device else t.to(getattr(s, attr).device)
+            for t, s in zip(tensors, sites)]
 
 
 def _recomputing() -> bool:

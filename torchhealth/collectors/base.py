@@ -1,13 +1,16 @@
 """The collector contract: on-device running state, one batched read per check.
 
-A check works in three phases, the same for every collector:
+A check works in four phases, the same for every collector:
 
 1. ``state()``: raw device tensors, each with its cross-rank reduction (``"sum"`` or ``"mean"``).
    Everything a collector keeps is additive, so one all-reduce serves all collectors.
 2. ``summarize(state)``: device-side arithmetic on the (reduced) state, giving for each family a
    list of layer names and a 1-d tensor of values. The monitor concatenates every collector's
-   vectors and copies them to the host once.
-3. ``finish(values, snapshot)``: host side; files the values into the snapshot and resets interval state.
+   vectors and starts ONE copy of them to the host.
+3. ``reset_interval()``: clears per-interval state, still at the check step (device work queued
+   after the summaries, so the next steps' statistics start from zero).
+4. ``finish(values, snapshot)``: host side, once the copy has landed (on a GPU at the next step):
+   files the values into the snapshot. Pure host code: device state has moved on by then.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Collector:
         return []
 
     def finish(self, values: dict[Key, float], snapshot: Snapshot, interval_start: int) -> None:
-        """Files host values into ``snapshot`` and resets per-interval state.
+        """Files host values into ``snapshot`` (host only: the device state may be a step further).
 
         Args:
             values: This collector's summarized values, on the host.
@@ -50,10 +53,9 @@ class Collector:
                     snapshot.nonfinite[layer] = interval_start + int(value)
             else:
                 snapshot.stats.setdefault(family, {})[layer] = value
-        self.reset_interval()
 
     def reset_interval(self) -> None:
-        """Clears state that covers one check interval."""
+        """Clears state that covers one check interval (called at the check, after ``summarize``)."""
 
     def close(self) -> None:
         """Removes hooks and frees state."""

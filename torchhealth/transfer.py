@@ -1,0 +1,58 @@
+"""One batched copy of a check's statistics from the device to the host."""
+
+from __future__ import annotations
+
+import torch
+
+
+class HostCopy:
+    """The values of many 1-d tensors, copied to the host in ONE transfer.
+
+    From a GPU the copy goes into pinned host memory without waiting (``non_blocking``), followed by
+    a CUDA event; ``values()`` waits for that event only. The GPU therefore keeps running the work
+    queued behind the check while the host has not yet asked for the numbers. On the CPU there is
+    nothing to wait for, and ``values()`` reads the tensor.
+
+    Vectors already on the CPU (host-side counts) are read directly: joining them to the device
+    vectors would upload them first, a synchronization of its own.
+
+    Args:
+        tensors: 1-d (or any-shape, flattened) tensors; read back as float.
+    """
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self._sizes = [t.numel() for t in tensors]
+        device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
+        self._joined = [t.device.type != "cpu" or device.type == "cpu" for t in tensors]
+        self._host_side = [t.detach().float().reshape(-1).tolist() for t, joined in zip(tensors, self._joined)
+                           if not joined]
+        self._event: torch.cuda.Event | None = None
+        joined = [t.detach().float().reshape(-1).to(device) for t, j in zip(tensors, self._joined) if j]
+        flat = torch.cat(joined) if joined else torch.zeros(0)
+        if device.type == "cuda":
+            self._buffer = torch.empty(flat.numel(), dtype=torch.float32, pin_memory=True)
+            self._buffer.copy_(flat, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(device))
+        else:
+            self._buffer = flat
+
+    @property
+    def in_flight(self) -> bool:
+        """True for a copy from a GPU, which is read later (``values()`` may have to wait)."""
+        return self._event is not None
+
+    def values(self) -> list[list[float]]:
+        """The tensors' values as lists of floats, in the order given (waits for the copy)."""
+        if self._event is not None:
+            self._event.synchronize()
+        flat = self._buffer.tolist()
+        host_side = iter(self._host_side)
+        out, start = [], 0
+        for size, joined in zip(self._sizes, self._joined):
+            if joined:
+                out.append(flat[start:start + size])
+                start += size
+            else:
+                out.append(next(host_side))
+        return out
