@@ -2,7 +2,7 @@
 
 On a GPU every read of a device value on the host (``.item()``, ``.tolist()``, ``bool(t)``, ...)
 waits for all queued work. The monitor promises none on steps that check nothing and exactly one
-batched read (a single ``.tolist()``) on check steps. On CPU nothing waits, so the reads are counted:
+batched read (a single ``.numpy()`` of the copied state) on check steps. On CPU nothing waits, so the reads are counted:
 a TorchFunctionMode sees the Python-level calls and a TorchDispatchMode sees the ATen ops that read
 a scalar or need data-dependent output sizes (and fresh host data, an upload on a GPU).
 """
@@ -104,7 +104,7 @@ def counted_steps(steps: int, **options):
 def assert_one_read_per_check(per_step, check_every: int) -> None:
     for step, (reads, uploads) in enumerate(per_step):
         if step % check_every == 0:
-            assert reads == {"tolist": 1}, f"check step {step}: expected one batched .tolist(), got {reads}"
+            assert reads == {"numpy": 1}, f"check step {step}: expected one batched read (.numpy()), got {reads}"
         else:
             assert reads == {}, f"unchecked step {step} read device values on the host: {reads}"
             assert uploads == {}, f"unchecked step {step} uploaded host data: {uploads}"

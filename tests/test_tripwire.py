@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -9,12 +11,19 @@ from torchhealth.collectors.tripwire import LossTripwire
 from torchhealth.scenarios import SCENARIOS, run_scenario
 
 
-def trips(losses):
+def trips(losses, check_every=10):
+    """Runs the wire over ``losses``, setting its reference at checks as the monitor does."""
     wire = LossTripwire(torch.device("cpu"))
-    out = []
-    for value in losses:
+    out, interval = [], []
+    for step, value in enumerate(losses):
         wire.record(torch.tensor(float(value)))
         out.append(wire.tripped())
+        interval.append(abs(value))
+        if step % check_every == 0:  # a check: the reference follows the interval's finite losses
+            finite = [v for v in interval if math.isfinite(v)]
+            if finite:
+                wire.set_typical(sum(finite) / len(finite))
+            interval = []
     return out
 
 def test_healthy_losses_never_trip():
@@ -26,6 +35,16 @@ def test_healthy_losses_never_trip():
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 50.0])
 def test_jumps_and_nonfinite_losses_trip(bad):
     assert trips([2.0, 1.9, 1.8, bad]) == [False, False, False, True]
+
+def test_the_reference_follows_the_loss_but_never_drops_below_the_start():
+    rising = [1.0] * 11 + [2.5] * 10 + [6.0]  # 6.0 is within 3x of the risen typical loss (2.5)
+    assert not any(trips(rising))
+    assert trips([1.0] * 11 + [0.1] * 10 + [2.9, 3.1])[-2:] == [False, True]  # 3x the first typical loss
+
+
+def test_a_reference_beyond_float32_disables_the_wire_instead_of_failing():
+    assert trips([3.4e38, 3.4e38, float("inf")]) == [False, False, True]
+
 
 def test_explosion_is_flagged_before_the_first_nonfinite_loss():
     result = run_scenario(SCENARIOS["exploding"])  # SGD lr far too high: overflow within a few steps

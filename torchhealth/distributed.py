@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Hashable
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from torchhealth.transfer import to_device
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -16,7 +19,7 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def reduce_state(state: dict[str, tuple[torch.Tensor, str]]) -> dict[str, torch.Tensor]:
+def reduce_state(state: dict[Hashable, tuple[torch.Tensor, str]]) -> dict[Hashable, torch.Tensor]:
     """Reduces every collector's raw state across ranks with ONE all-reduce.
 
     All state is additive: ``"sum"`` entries are summed, ``"mean"`` entries (values that are the same
@@ -31,7 +34,7 @@ def reduce_state(state: dict[str, tuple[torch.Tensor, str]]) -> dict[str, torch.
         return {name: tensor for name, (tensor, _) in state.items()}
     device = _collective_device()
     names = list(state)
-    flat = torch.cat([state[n][0].detach().float().reshape(-1).to(device) for n in names])
+    flat = torch.cat([to_device(state[n][0].detach().float().reshape(-1), device) for n in names])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     out, start = {}, 0
     for name in names:

@@ -41,7 +41,7 @@ class _Reading:
     logging: bool
     interval_start: int
     collectors: dict[str, Collector]
-    parts: list[tuple[str, str, list[str]]]
+    keys: list[tuple[str, str]]  # (collector, state name) of each tensor in the copy
     copy: HostCopy
 
 
@@ -300,36 +300,31 @@ class Monitor:
         return self._finish_check()
 
     def _start_check(self, step: int, final: bool) -> _Reading:
-        """Device side of a check: state, one all-reduce, summaries, one copy to the host, reset."""
+        """Device side of a check: raw state, one all-reduce, one copy to the host, reset."""
         logging = step % self.options.log_every == 0 or final
         # Weight norms and update ratios are read on log steps only: they cost several passes over
         # the parameters, and no detector needs them between two TensorBoard writes.
         collectors = {name: c for name, c in self.collectors.items() if logging or c is not self.weights}
-        states = {name: self.guard.call(f"collector {name}", c.state, default={}) for name, c in collectors.items()}
-        flat_state = {f"{name}/{key}": value for name, state in states.items() for key, value in state.items()}
-        reduced = distributed.reduce_state(flat_state)
-        parts: list[tuple[str, str, list[str], torch.Tensor]] = []
-        for name, collector in collectors.items():
-            mine = {key: reduced[f"{name}/{key}"] for key in states[name]}
-            for family, layers, values in self.guard.call(f"collector {name}", collector.summarize, mine, default=[]):
-                parts.append((name, family, layers, values))
-        copy = HostCopy([values for _, _, _, values in parts])
-        for name, collector in collectors.items():  # after the copy has been queued: it reads the summaries
+        state = {(name, key): value for name, c in collectors.items()
+                 for key, value in self.guard.call(f"collector {name}", c.state, default={}).items()}
+        reduced = distributed.reduce_state(state)
+        keys = list(reduced)
+        copy = HostCopy([reduced[key] for key in keys])
+        for name, collector in collectors.items():  # after the copy has been queued: it reads the state
             self.guard.call(f"collector {name}", collector.reset_interval)
-        reading = _Reading(Snapshot(step=step), logging, self._interval_start, collectors,
-                           [(name, family, layers) for name, family, layers, _ in parts], copy)
+        reading = _Reading(Snapshot(step=step), logging, self._interval_start, collectors, keys, copy)
         self._interval_start = step + 1
         return reading
 
     def _finish_check(self) -> list[Alert]:
-        """Host side of the pending check: snapshot, sinks, detectors."""
+        """Host side of the pending check: statistics, snapshot, sinks, detectors."""
         reading, self._reading = self._reading, None
         if reading is None:
             return []
         snapshot = reading.snapshot
-        per_collector: dict[str, dict[tuple[str, str], float]] = {name: {} for name in reading.collectors}
-        for (name, family, layers), values in zip(reading.parts, reading.copy.values()):
-            per_collector[name].update(((family, layer), v) for layer, v in zip(layers, values))
+        per_collector: dict[str, dict[str, Any]] = {name: {} for name in reading.collectors}
+        for (name, key), values in zip(reading.keys, reading.copy.values()):
+            per_collector[name][key] = values
         for name, collector in reading.collectors.items():
             self.guard.call(f"collector {name}", collector.finish, per_collector[name], snapshot, reading.interval_start)
         if reading.logging:

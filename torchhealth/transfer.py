@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 
 class HostCopy:
-    """The values of many 1-d tensors, copied to the host in ONE transfer.
+    """Copies many tensors to the host in ONE transfer, at construction.
 
     From a GPU the copy goes into pinned host memory without waiting (``non_blocking``), followed by
     a CUDA event; ``values()`` waits for that event only. The GPU therefore keeps running the work
     queued behind the check while the host has not yet asked for the numbers. On the CPU there is
-    nothing to wait for, and ``values()`` reads the tensor.
+    nothing to wait for. Either way the tensors are copied at once, so they may change afterwards.
 
-    Vectors already on the CPU (host-side counts) are read directly: joining them to the device
-    vectors would upload them first, a synchronization of its own.
+    Tensors already on the CPU (host-side counts) are read directly: joining them to the device
+    tensors would upload them first, a synchronization of its own.
 
     Args:
-        tensors: 1-d (or any-shape, flattened) tensors; read back as float.
+        tensors: Tensors of any shape; read back as float32 numpy arrays of the same shapes.
     """
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
-        self._sizes = [t.numel() for t in tensors]
+        self._shapes = [tuple(t.shape) for t in tensors]
         device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
         self._joined = [t.device.type != "cpu" or device.type == "cpu" for t in tensors]
-        self._host_side = [t.detach().float().reshape(-1).tolist() for t, joined in zip(tensors, self._joined)
-                           if not joined]
+        self._host_side = [t.detach().float().numpy().copy() for t, joined in zip(tensors, self._joined) if not joined]
         self._event: torch.cuda.Event | None = None
         joined = [t.detach().float().reshape(-1).to(device) for t, j in zip(tensors, self._joined) if j]
         flat = torch.cat(joined) if joined else torch.zeros(0)
@@ -42,17 +44,31 @@ class HostCopy:
         """True for a copy from a GPU, which is read later (``values()`` may have to wait)."""
         return self._event is not None
 
-    def values(self) -> list[list[float]]:
-        """The tensors' values as lists of floats, in the order given (waits for the copy)."""
+    def values(self) -> list[np.ndarray]:
+        """The tensors' values, in the order given (waits for the copy)."""
         if self._event is not None:
             self._event.synchronize()
-        flat = self._buffer.tolist()
+        flat = self._buffer.numpy()
         host_side = iter(self._host_side)
         out, start = [], 0
-        for size, joined in zip(self._sizes, self._joined):
+        for shape, joined in zip(self._shapes, self._joined):
             if joined:
-                out.append(flat[start:start + size])
+                size = math.prod(shape)
+                out.append(flat[start:start + size].reshape(shape))
                 start += size
             else:
                 out.append(next(host_side))
         return out
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor goes to a GPU through pinned memory, without a synchronization.
+
+    ``tensor.to("cuda")`` copies from pageable memory and waits for the copy; staging through pinned
+    memory (PyTorch caches pinned blocks) lets it run asynchronously.
+    """
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

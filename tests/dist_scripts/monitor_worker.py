@@ -319,7 +319,7 @@ def scenario_fsdp(rank, world, out_dir, counter, wrap):
         ref_optimizer.zero_grad()
     record["expected"] = expected
     record["param_names"] = [name for name, _, _ in monitor.collectors["gradients"].params]
-    record["replica_counts"] = monitor.collectors["gradients"].copies.tolist()
+    record["replica_counts"] = monitor.collectors["gradients"].index.copies.tolist()
     unsharded = ModelFacts.from_model(make_model())
     record["facts"] = {"init_gain": monitor.facts.init_gain, "bias_mean": monitor.facts.bias_mean}
     record["unsharded_facts"] = {"init_gain": unsharded.init_gain, "bias_mean": unsharded.bias_mean}

@@ -45,12 +45,13 @@ def families(monitor) -> set[str]:
 
 COLLECTOR_FAULTS = [
     (GradientCollector, "state", {"grad_norm", "param_grad_norm"}),
-    (GradientCollector, "summarize", {"grad_norm", "param_grad_norm"}),
+    (GradientCollector, "reset_interval", {"grad_norm", "param_grad_norm"}),
     (GradientCollector, "finish", {"grad_norm", "param_grad_norm"}),
     (WeightCollector, "state", {"weight_norm", "update_ratio"}),
-    (WeightCollector, "summarize", {"weight_norm", "update_ratio"}),
+    (WeightCollector, "finish", {"weight_norm", "update_ratio"}),
     (WeightCollector, "remember_weights", {"weight_norm", "update_ratio"}),  # one part: the whole collector
     (ActivationCollector, "state", {"zero_fraction", "saturation"}),
+    (ActivationCollector, "reset_interval", {"zero_fraction", "saturation"}),
     (ActivationCollector, "finish", {"zero_fraction", "saturation"}),
     (ActivationCollector, "_observe", {"zero_fraction", "saturation"}),  # runs inside the forward hooks
     (ActivationCollector, "_on_model_start", {"zero_fraction", "saturation"}),
@@ -179,7 +180,7 @@ def test_sink_fault(with_detectors, high_loss, monkeypatch, caplog, tmp_path, si
         assert len(read_alerts(tmp_path)) == 1
 
 
-STRICT_FAULTS = [(GradientCollector, "state"), (WeightCollector, "summarize"), (ActivationCollector, "finish"),
+STRICT_FAULTS = [(GradientCollector, "state"), (WeightCollector, "finish"), (ActivationCollector, "finish"),
                  (ActivationCollector, "_observe"), (LossCollector, "record"), (TensorBoardSink, "write_snapshot")]
 
 

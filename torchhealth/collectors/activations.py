@@ -9,16 +9,16 @@ on sampled forwards; on other forwards a hook returns before touching the tensor
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from torchhealth.collectors.base import NONFINITE, Collector, State, StepFlags, Summary, host_vector
+from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, first_nonfinite
 from torchhealth.facts import ModelFacts
 from torchhealth.safety import Guard
 from torchhealth.layers import ROOT_NAME, activation_kind, clean_name, unit_axis, unwrap
@@ -56,10 +56,8 @@ class Site:
             # What this step's forwards saw, filed by ``file_step`` outside the forward: a hook that read
             # changing Python numbers (step offset, running counts) would recompile under torch.compile.
             self.step_max = torch.zeros((), device=device)  # sum of this step's output maxima (non-finite marker)
-            # samples in the current dead-unit window; on the device, because whether a window closed
-            # is decided on the device from the count summed over ranks (see reset_interval)
-            self.window = torch.zeros((), device=device)
         self.numel = 0  # outputs seen this interval (host-side: shapes are known without a sync)
+        self.window_samples = 0  # samples in the current dead-unit window
         self.step_counts: list[tuple[int, int]] = []  # (outputs, samples) per forward this step
         self._reduce_dims: tuple[int, ...] | None = None
 
@@ -67,8 +65,8 @@ class Site:
         """Adds one output tensor's statistics. No host synchronization."""
         if x.device != self.fires.device:
             with torch.inference_mode(False):
-                self.fires, self.positive, self.off, self.step_max, self.window = (
-                    t.to(x.device) for t in (self.fires, self.positive, self.off, self.step_max, self.window))
+                self.fires, self.positive, self.off, self.step_max = (
+                    t.to(x.device) for t in (self.fires, self.positive, self.off, self.step_max))
                 self.flags.to(x.device)
         # The largest output is NaN when any is, and +Inf when any is: activation outputs are never
         # -Inf (ReLU clamps it to 0, sigmoid/tanh are bounded), so one amax replaces a finiteness test.
@@ -116,10 +114,8 @@ class ActivationCollector(Collector):
         self._stack: list[nn.Module] = []
         self._mode: _FunctionalActivationMode | None = None
         self._global_handles: list[RemovableHandle] = []
-        self._segment_key: tuple | None = None
-        self._segment_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._order: list[Site] = []
-        self._window_closed: torch.Tensor | None = None
+        self._order: list[Site] = []  # the sites of the last state(), in the order of its tensors
+        self._counted: list[int] = []  # their window samples at that check
         self._guard = guard or Guard(strict=True)
         wrap = self._guard.wrap
         self.handles: list[RemovableHandle] = [
@@ -249,18 +245,17 @@ class ActivationCollector(Collector):
         """Files what this step's forwards saw under the step's ``offset`` in the check interval.
 
         Called by the monitor once per step, outside the forward; returns at once on steps whose
-        forwards were not sampled. Three launches for all sites, no host synchronization.
+        forwards were not sampled. Two launches for all sites, no host synchronization.
         """
         if not self._observed:
             return
         sites = list(dict.fromkeys(self._observed))
         self._observed.clear()
-        samples = []
         for site in sites:
-            site.numel += sum(numel for numel, _ in site.step_counts)
-            samples.append(float(sum(n for _, n in site.step_counts)))
+            for numel, samples in site.step_counts:
+                site.numel += numel
+                site.window_samples += samples
             site.step_counts.clear()
-        torch._foreach_add_([site.window for site in sites], samples)  # numbers as kernel arguments: no upload
         slots = [site.flags.slot(offset) for site in sites]
         if slots[0] is not None:
             torch._foreach_add_(slots, [site.step_max for site in sites])
@@ -268,81 +263,61 @@ class ActivationCollector(Collector):
 
     # -- collector contract --------------------------------------------------------------------
     def state(self) -> State:
-        self._order = list(self.sites.values())
-        if not self._order:
+        self._order = order = list(self.sites.values())
+        if not order:
             return {}
-        device = self._order[0].fires.device
-        counts = host_vector([float(s.numel) for s in self._order] + [float(s.kind == "relu") for s in self._order],
-                             device)
-        numel, relu = counts.view(2, -1)
-        positive = torch.cat([s.positive.to(device) for s in self._order])
-        fires = torch.cat([s.fires.to(device) for s in self._order]) + positive
-        _, segment = self._segments(device)
-        positive_per_site = torch.zeros(len(self._order), device=device).index_add_(0, segment, positive)
-        off = torch.stack([s.off.to(device) for s in self._order]) + relu * (numel - positive_per_site)
-        return {
-            "off": (off, "sum"),
-            "numel": (numel, "sum"),
-            "fires": (fires, "sum"),
-            "flags": ((~torch.isfinite(torch.stack([s.flags.flags.to(device) for s in self._order]))).float(), "sum"),
-            "samples": (torch.stack([s.window.to(device) for s in self._order]), "sum"),
+        device = order[0].fires.device
+
+        def gather(name: str) -> list[torch.Tensor]:  # a model spread over devices: bring them together
+            return [t if t.device == device else t.to(device) for t in (getattr(s, name) for s in order)]
+
+        self._counted = [s.window_samples for s in order]
+        return {  # four launches; the rest is host numbers, computed with in ``finish``
+            "fires": (torch.cat(gather("fires")), "sum"),
+            "positive": (torch.cat(gather("positive")), "sum"),
+            "off": (torch.stack(gather("off")), "sum"),
+            "markers": (torch.stack([f.to(device) for f in (s.flags.flags for s in order)]), "sum"),
+            "numel": (torch.tensor([float(s.numel) for s in order]), "sum"),
+            "samples": (torch.tensor([float(c) for c in self._counted]), "sum"),
         }
-
-    def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
-        if not state:
-            return []
-        names = [s.name for s in self._order]
-        units, segment = self._segments(state["fires"].device)
-        dead = torch.zeros(len(names), device=units.device).index_add_(0, segment, (state["fires"] == 0).float())
-        # Kept for reset_interval, which restarts the windows that close here. The test runs on the
-        # device, on the count summed over ranks, so that it needs no host value and every rank agrees.
-        self._window_closed = state["samples"] >= self.window_samples
-        return [
-            ("_off_fraction", names, state["off"] / state["numel"]),
-            ("dead_units", names, dead / units),
-            ("_window_samples", names, state["samples"]),
-            (NONFINITE, [f"activation:{n}" for n in names], StepFlags.first(state["flags"])),
-        ]
-
-    def _segments(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Units per site and the site index of every unit, as device vectors (rebuilt when sites change)."""
-        key = (device, tuple(s.units for s in self._order))
-        if self._segment_key != key or self._segment_cache is None:
-            units = [s.units for s in self._order]
-            self._segment_key = key
-            self._segment_cache = (host_vector(units, device), host_vector(
-                [i for i, n in enumerate(units) for _ in range(n)], device, torch.long))
-        return self._segment_cache
-
-    def finish(self, values, snapshot: Snapshot, interval_start: int) -> None:
-        for site in self._order:
-            off = values.pop(("_off_fraction", site.name))
-            samples = values.pop(("_window_samples", site.name))
-            dead = values.pop(("dead_units", site.name))
-            if not math.isnan(off):
-                family = "zero_fraction" if site.kind == "relu" else "saturation"
-                snapshot.stats.setdefault(family, {})[site.name] = off
-            if site.kind == "relu" and samples >= self.window_samples:  # the window closed at this check
-                snapshot.stats.setdefault("dead_units", {})[site.name] = dead
-                snapshot.window_samples = max(snapshot.window_samples, int(samples))
-        super().finish(values, snapshot, interval_start)
 
     def reset_interval(self) -> None:
         sites = list(self.sites.values())
-        if not sites:
-            return
-        # one launch each, not several per site
-        torch._foreach_add_([s.fires for s in sites], [s.positive for s in sites])
-        closed, self._window_closed = self._window_closed, None
-        if closed is not None and len(closed) == len(self._order):  # windows that closed at this check restart
-            _, segment = self._segments(closed.device)
-            keep_site = (~closed).float()
-            keep_units = keep_site[segment].split([s.units for s in self._order])
-            torch._foreach_mul_([s.fires for s in self._order], _on_devices(keep_units, self._order, "fires"))
-            torch._foreach_mul_([s.window for s in self._order], _on_devices(keep_site.unbind(), self._order, "window"))
-        torch._foreach_zero_([s.positive for s in sites] + [s.off for s in sites] + [s.flags.flags for s in sites])
+        if sites:  # one launch each, not several per site
+            torch._foreach_add_([s.fires for s in sites], [s.positive for s in sites])
+            torch._foreach_zero_([s.positive for s in sites] + [s.off for s in sites] + [s.flags.flags for s in sites])
         for site in sites:
             site.numel = 0
+
+    def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
+        order = self._order
+        if not order or "fires" not in state:
+            return
+        units = np.array([s.units for s in order])
+        starts = np.concatenate([[0], np.cumsum(units)[:-1]])
+        positive = state["positive"].astype(np.float64)
+        fires = state["fires"] + positive  # per unit, over the window so far
+        relu = np.array([s.kind == "relu" for s in order])
+        numel = state["numel"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            off = np.where(relu, numel - np.add.reduceat(positive, starts), state["off"]) / numel
+        dead = np.add.reduceat((fires == 0).astype(np.float64), starts) / units
+        closed = []
+        for i, site in enumerate(order):
+            if numel[i] > 0:
+                snapshot.stats.setdefault("zero_fraction" if relu[i] else "saturation", {})[site.name] = float(off[i])
+            if state["samples"][i] >= self.window_samples:  # the window closes at this check
+                closed.append(site)
+                site.window_samples -= self._counted[i]  # samples filed since the check start the next window
+                if relu[i]:
+                    snapshot.stats.setdefault("dead_units", {})[site.name] = float(dead[i])
+                    snapshot.window_samples = max(snapshot.window_samples, int(state["samples"][i]))
+        if closed:
+            # the device state holds exactly this window: later forwards are in ``positive`` until the next check
+            torch._foreach_zero_([site.fires for site in closed])
+        for site, offset in zip(order, first_nonfinite(state["markers"])):
+            if offset >= 0:
+                snapshot.nonfinite[f"activation:{site.name}"] = interval_start + int(offset)
 
     def close(self) -> None:
         if self._mode is not None:
@@ -350,12 +325,6 @@ class ActivationCollector(Collector):
         for handle in self.handles + self._global_handles + self._activation_handles:
             handle.remove()
         self.handles, self._global_handles, self._activation_handles = [], [], []
-
-
-def _on_devices(tensors: tuple[torch.Tensor, ...], sites: list[Site], attr: str) -> list[torch.Tensor]:
-    """``tensors`` moved to the device of each site's ``attr`` (a model spread over devices)."""
-    return [t if t.device == getattr(s, attr).device else t.to(getattr(s, attr).device)
-            for t, s in zip(tensors, sites)]
 
 
 def _recomputing() -> bool:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import numpy as np
 import torch
 
-from torchhealth.collectors.base import Collector, State, Summary, host_vector
+from torchhealth.collectors.base import Arrays, Collector, State, file_values
 from torchhealth.snapshot import TOTAL, Snapshot
 
 ParamEntry = tuple[str, str, torch.nn.Parameter]
-PRESENT = "_grad_present"
-"""Private family: how many parameters of a layer had a gradient on any rank (0: report nothing)."""
 
 
 def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -34,16 +33,14 @@ def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
         # float64 cannot be narrowed by the norm kernel's dtype argument (a model.double() after attaching)
         norms = torch._foreach_norm([tensors[i] for i in idx], 2, **({} if wide else {"dtype": torch.float32}))
         for i, n in zip(idx, norms):
-            n = n.float()
+            n = n if n.dtype == torch.float32 else n.float()
             out[i] = n if dev == device else n.to(device, non_blocking=True)
-    return torch.stack(out).square()  # type: ignore[arg-type]
+    return torch.stack(out).square_()  # type: ignore[arg-type]
 
 
-def current_placement(params: list[ParamEntry], device: torch.device,
-                      copies: torch.Tensor) -> tuple[torch.device, torch.Tensor]:
-    """Where the parameters are now, and ``copies`` moved there (once) for a model moved after attaching."""
-    now = params[0][2].device if params else device
-    return now, copies if copies.device == now else copies.to(now)
+def current_device(params: list[ParamEntry], device: torch.device) -> torch.device:
+    """Where the parameters are now (a model may be moved after attaching)."""
+    return params[0][2].device if params else device
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -53,31 +50,29 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t
 
 
-def sharded_state(name: str, tensors: list[torch.Tensor], copies: torch.Tensor, device: torch.device) -> State:
-    """Squared norms of the rank-local parts of ``tensors`` as state that reduces by sum.
+class LayerIndex:
+    """Which layer each parameter belongs to; sums per-parameter values into per-layer values on the host.
 
-    Each is divided by ``copies`` (how many ranks hold that local part, see
-    ``distributed.replica_counts``), so the sum over ranks is the whole tensor's squared norm:
-    the mean for replicated tensors such as DDP's averaged gradients, the sum of the shards' for FSDP.
+    Per-parameter values are squared norms of rank-local parts. Each is divided by how many ranks
+    hold that part (``copies``, see ``distributed.replica_counts``), so that the sum over ranks is
+    the whole tensor's squared norm: the mean for replicated tensors such as DDP's averaged
+    gradients, the sum of the shards' for FSDP. The division is the same on every rank, so it is
+    done here, after the reduction.
     """
-    sq = squared_norms([local_tensor(t) for t in tensors], device)
-    return {name: (sq / copies.to(sq.device, non_blocking=True), "sum")}
 
-
-class LayerSum:
-    """Sums per-parameter values into per-layer values on the device (one ``index_add_``)."""
-
-    def __init__(self, params: list[ParamEntry]) -> None:
+    def __init__(self, params: list[ParamEntry], copies: list[float] | None = None) -> None:
         self.layers = list(dict.fromkeys(layer for _, layer, _ in params))
         position = {layer: i for i, layer in enumerate(self.layers)}
-        self._index_list = [position[layer] for _, layer, _ in params]
-        self._index: dict[torch.device, torch.Tensor] = {}
+        self._index = np.array([position[layer] for _, layer, _ in params], dtype=np.intp)
+        self.copies = np.asarray(copies or [1.0] * len(params), dtype=np.float64)
 
-    def __call__(self, per_param: torch.Tensor) -> torch.Tensor:
-        index = self._index.get(per_param.device)
-        if index is None:
-            index = self._index[per_param.device] = host_vector(self._index_list, per_param.device, torch.long)
-        return torch.zeros(len(self.layers), device=per_param.device).index_add_(0, index, per_param)
+    def whole(self, rank_sums: np.ndarray) -> np.ndarray:
+        """Per-parameter squared norms of whole tensors from their sums over ranks."""
+        return rank_sums / self.copies
+
+    def per_layer(self, per_param: np.ndarray) -> np.ndarray:
+        """Sums per-parameter values into one value per layer (NaN and Inf carry through)."""
+        return np.bincount(self._index, weights=per_param, minlength=len(self.layers))
 
 
 class GradientCollector(Collector):
@@ -88,37 +83,33 @@ class GradientCollector(Collector):
         self.params = params
         self.device = device
         self.per_parameter = per_parameter
-        self.layer_sum = LayerSum(params)
-        self.copies = torch.tensor(copies or [1.0] * len(params), device=device)
+        self.index = LayerIndex(params, copies)
+        self._zero: torch.Tensor | None = None  # stands in for a missing gradient (one tensor, made once)
 
     def state(self) -> State:
-        self.device, self.copies = current_placement(self.params, self.device, self.copies)
-        device = self.device
-        grads = [p.grad if p.grad is not None else torch.zeros((), device=device) for _, _, p in self.params]
-        # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
-        present = host_vector([float(p.grad is not None) for _, _, p in self.params], device)
-        return {**sharded_state("sq", grads, self.copies, device), "present": (present, "sum")}
-
-    def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
         if not self.params:
-            return []
-        sq, present = state["sq"], state["present"]
-        out: Summary = [
-            ("grad_norm", self.layer_sum.layers, self.layer_sum(sq).sqrt()),
-            ("grad_norm", [TOTAL], sq.sum().sqrt().reshape(1)),
-            (PRESENT, self.layer_sum.layers, self.layer_sum(present)),
-            (PRESENT, [TOTAL], present.sum().reshape(1)),
-        ]
-        if self.per_parameter:
-            names = [name for name, _, _ in self.params]
-            out += [("param_grad_norm", names, sq.sqrt()), (PRESENT, names, present)]
-        return out
+            return {}
+        self.device = current_device(self.params, self.device)
+        if self._zero is None or self._zero.device != self.device:
+            self._zero = torch.zeros((), device=self.device)
+        grads = [local_tensor(p.grad) if p.grad is not None else self._zero for _, _, p in self.params]
+        # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
+        present = torch.tensor([float(p.grad is not None) for _, _, p in self.params])  # host side: no upload
+        return {"sq": (squared_norms(grads, self.device), "sum"), "present": (present, "sum")}
 
-    def finish(self, values, snapshot: Snapshot, interval_start: int) -> None:
-        present = {name for (family, name), count in values.items() if family == PRESENT and count > 0}
-        values = {(family, name): value for (family, name), value in values.items()
-                  if family != PRESENT and name in present}
-        super().finish(values, snapshot, interval_start)
-        for (family, layer), value in values.items():
-            if family == "grad_norm" and layer != TOTAL and not math.isfinite(value):
+    def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
+        if "sq" not in state:
+            return
+        sq, present = self.index.whole(state["sq"]), state["present"]
+        has = self.index.per_layer(present) > 0
+        norms = np.sqrt(self.index.per_layer(sq))
+        layers = [layer for layer, ok in zip(self.index.layers, has) if ok]
+        file_values(snapshot, "grad_norm", layers, norms[has])
+        if present.any():
+            file_values(snapshot, "grad_norm", [TOTAL], [math.sqrt(sq.sum())])
+        if self.per_parameter:
+            names = [name for (name, _, _), ok in zip(self.params, present > 0) if ok]
+            file_values(snapshot, "param_grad_norm", names, np.sqrt(sq[present > 0]))
+        for layer, norm in zip(layers, norms[has]):
+            if not math.isfinite(norm):
                 snapshot.nonfinite.setdefault(f"grad:{layer}", snapshot.step)

@@ -7,13 +7,13 @@ import numbers
 
 import torch
 
-from torchhealth.collectors.base import NONFINITE, Collector, State, StepFlags, Summary, host_vector
+import numpy as np
+
+from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, first_nonfinite
 from torchhealth.collectors.tripwire import LossTripwire
 from torchhealth.snapshot import Snapshot
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
-_COUNT = "_loss_count"
-"""Private family: how many losses (all ranks) are behind a reported mean."""
 
 
 class LossCollector(Collector):
@@ -55,6 +55,8 @@ class LossCollector(Collector):
     def _as_scalar(self, loss: torch.Tensor | float) -> torch.Tensor:
         if isinstance(loss, torch.Tensor):
             value = loss.detach()
+            if value.dim() == 0 and value.dtype == torch.float32:  # the usual loss: no conversion at all
+                return value
             return value.float().mean() if value.numel() != 1 else value.float().reshape(())
         if isinstance(loss, numbers.Real) and not isinstance(loss, bool):  # numbers.Real: numpy scalars too
             value = float(loss)
@@ -74,27 +76,24 @@ class LossCollector(Collector):
     def state(self) -> State:
         # Always the same layout, recorded or not: a rank that saw no loss still joins the reduction,
         # and the counts it adds (zero) say whether any rank recorded one.
-        values, bad = self.losses.flags, self.losses.bad()
-        counts = host_vector(self._counts, values.device)
-        finite = torch.stack([torch.where(bad > 0, 0.0, values).sum(), (counts * (1 - bad)).sum()])
-        return {"loss": (finite, "sum"), "loss_flags": (bad, "sum"), "val_loss": (self._val, "sum")}
+        counts = torch.tensor(self._counts, dtype=torch.float32)  # host side: no upload
+        return {"losses": (self.losses.flags, "sum"), "counts": (counts, "sum"), "val_loss": (self._val, "sum")}
 
-    def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
-        (total, count), (val_total, val_count) = state["loss"], state["val_loss"]
-        return [
-            ("loss", ["loss"], (total / count).reshape(1)),
-            (_COUNT, ["loss"], count.reshape(1)),
-            (NONFINITE, ["loss"], StepFlags.first(state["loss_flags"]).reshape(1)),
-            ("loss", ["val_loss"], (val_total / val_count).reshape(1)),
-            (_COUNT, ["val_loss"], val_count.reshape(1)),
-        ]
-
-    def finish(self, values, snapshot: Snapshot, interval_start: int) -> None:
-        loss = values.pop(("loss", "loss"))
-        val = values.pop(("loss", "val_loss"))
-        snapshot.loss = loss if values.pop((_COUNT, "loss")) > 0 and math.isfinite(loss) else None
-        snapshot.val_loss = val if values.pop((_COUNT, "val_loss")) > 0 else None
-        super().finish(values, snapshot, interval_start)
+    def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
+        if "losses" not in state:
+            return
+        losses, counts = state["losses"].astype(np.float64), state["counts"]
+        finite = np.isfinite(losses) & (counts > 0)
+        if finite.any():
+            snapshot.loss = float(losses[finite].sum() / counts[finite].sum())
+            if self.tripwire is not None:  # what a normal step's loss is now: the trip-wire's reference
+                self.tripwire.set_typical(float(np.abs(losses[finite] / counts[finite]).mean()))
+        bad = first_nonfinite(losses)
+        if bad >= 0:
+            snapshot.nonfinite["loss"] = interval_start + int(bad)
+        val_total, val_count = state["val_loss"]
+        if val_count > 0:
+            snapshot.val_loss = float(val_total / val_count)
 
     def reset_interval(self) -> None:
         self._val.zero_()

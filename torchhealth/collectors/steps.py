@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from torchhealth.collectors.base import Collector, State, Summary
+from torchhealth.collectors.base import Arrays, Collector, State
 from torchhealth.snapshot import Snapshot
-
-_SKIPPED = "_skipped_steps"
 
 
 class SkippedStepCollector(Collector):
@@ -31,12 +29,9 @@ class SkippedStepCollector(Collector):
     def state(self) -> State:
         return {"skipped": (torch.tensor([float(self.skipped)]), "mean")}
 
-    def summarize(self, state: dict[str, torch.Tensor]) -> Summary:
-        return [(_SKIPPED, ["skipped"], state["skipped"])]
-
-    def finish(self, values, snapshot: Snapshot, interval_start: int) -> None:
-        snapshot.skipped_steps = round(values.pop((_SKIPPED, "skipped")))
-        super().finish(values, snapshot, interval_start)
+    def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
+        if "skipped" in state:
+            snapshot.skipped_steps = round(float(state["skipped"][0]))
 
     def reset_interval(self) -> None:
         self.skipped = 0

@@ -12,23 +12,25 @@ import math
 
 import torch
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
 TRIP_FACTOR = 3.0
-"""|loss| trips the wire above this multiple of its reference: max(|first loss|, running mean of |loss|)."""
-DECAY = 0.9
-"""Weight of the past in the running mean of finite |loss|."""
+"""|loss| trips the wire above this multiple of its reference: the larger of the typical |loss| of
+the first check interval and of the latest one read."""
 
 
 class LossTripwire:
     """Per-step loss test on the device, read by the host one step later without a synchronization.
 
-    ``record`` costs a few tiny kernels and an asynchronous copy of one flag into pinned host memory;
-    ``tripped`` reads that memory once the copy has landed (a CUDA event that is queried, never
-    waited for). On the CPU the flag is simply there.
+    ``record`` costs two small kernels on a CPU (``abs``, and a comparison written straight into
+    host memory) and, on a GPU, a third: an asynchronous copy of the flag into pinned host memory,
+    which ``tripped`` reads once it has landed (a CUDA event that is queried, never waited for).
+    The limit it compares with is set from each check's losses (``set_typical``), so a step runs
+    no arithmetic to keep a running reference.
     """
 
     def __init__(self, device: torch.device) -> None:
-        self._first: torch.Tensor | None = None
-        self._mean: torch.Tensor | None = None
+        self._limit: torch.Tensor | None = None
+        self._first_typical: float | None = None
         self._host_flag(device)
 
     def _host_flag(self, device: torch.device) -> None:
@@ -39,20 +41,31 @@ class LossTripwire:
         self._event = torch.cuda.Event() if cuda else None
 
     def record(self, loss: torch.Tensor) -> None:
-        """Tests one 0-d float loss on its device: eight small kernels, no host synchronization."""
-        size = loss.abs()  # magnitudes: objectives such as negative log-likelihoods can be negative
-        if self._first is None or self._first.device != size.device:
-            if (self._event is not None) != (size.device.type == "cuda"):
-                self._host_flag(size.device)  # the model moved between CPU and GPU after attaching
+        """Tests one 0-d float loss on its device. No host synchronization."""
+        if self._limit is None or self._limit.device != loss.device:
+            if (self._event is not None) != (loss.device.type == "cuda"):
+                self._host_flag(loss.device)  # the model moved between CPU and GPU after attaching
+            limit = math.inf if self._first_typical is None else self._limit_value(self._first_typical)
             with torch.inference_mode(False):
-                self._first = torch.where(size < math.inf, size, 0.0)
-                self._mean = self._first.clone()
-        # NaN and Inf fail this comparison too, so one test covers the jump and non-finite values
-        within = size <= TRIP_FACTOR * torch.maximum(self._first, self._mean)
-        self._within.copy_(within, non_blocking=True)
-        if self._event is not None:
+                self._limit = torch.full((), limit, device=loss.device)
+        # |loss|: objectives such as negative log-likelihoods can be negative. NaN and Inf fail the
+        # comparison too (strict: Inf is not below an infinite limit), so one test covers both.
+        if self._event is None:
+            torch.lt(loss.abs(), self._limit, out=self._within)
+        else:
+            self._within.copy_(loss.abs() < self._limit, non_blocking=True)
             self._event.record()
-        self._mean.lerp_(torch.where(size < math.inf, size, self._mean), 1 - DECAY)  # finite sizes only
+
+    def set_typical(self, typical: float) -> None:
+        """Sets the reference from a check: ``typical`` is the mean |loss| of its interval's finite losses."""
+        if self._first_typical is None:
+            self._first_typical = typical
+        if self._limit is not None:
+            self._limit.fill_(self._limit_value(typical))
+
+    def _limit_value(self, typical: float) -> float:
+        limit = TRIP_FACTOR * max(self._first_typical or 0.0, typical)
+        return limit if limit <= FLOAT32_MAX else math.inf  # the limit is a float32 tensor
 
     def tripped(self) -> bool:
         """Whether the last recorded loss tripped the wire (False while its copy is still in flight)."""
