@@ -27,9 +27,11 @@ class HostCopy:
         self._shapes = [tuple(t.shape) for t in tensors]
         device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
         self._joined = [t.device.type != "cpu" or device.type == "cpu" for t in tensors]
-        self._host_side = [t.detach().float().numpy().copy() for t, joined in zip(tensors, self._joined) if not joined]
+        self._host_side = [_flat(t).numpy().copy() for t, joined in zip(tensors, self._joined) if not joined]
         self._event: torch.cuda.Event | None = None
-        joined = [t.detach().float().reshape(-1).to(device) for t, j in zip(tensors, self._joined) if j]
+        joined = [_flat(t) for t, j in zip(tensors, self._joined) if j]
+        if any(t.device != device for t in joined):  # state left on another device (a model spread over GPUs)
+            joined = [t.to(device) for t in joined]
         flat = torch.cat(joined) if joined else torch.zeros(0)
         if device.type == "cuda":
             self._buffer = torch.empty(flat.numel(), dtype=torch.float32, pin_memory=True)
@@ -59,6 +61,15 @@ class HostCopy:
             else:
                 out.append(next(host_side))
         return out
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a 1-d float32 tensor without autograd history, with no operation it does not need."""
+    if t.requires_grad:
+        t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.float()
+    return t if t.dim() == 1 else t.reshape(-1)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -39,9 +39,9 @@ FUNCTIONAL_ACTIVATIONS: dict[Callable[..., Any], str] = {
 class Site:
     """Running statistics of one activation site, on the device of its outputs.
 
-    A sampled forward costs five small kernels at a ReLU site (sign, sum, add; amax, add) and
-    six at a sigmoid/tanh site; everything derived (zero fraction, window totals) is computed in
-    the check, batched over all sites.
+    A sampled forward costs three small kernels at a ReLU site (amax; sign, sum) and four at a
+    sigmoid/tanh site; ``ActivationCollector.file_step`` adds them into the running state for all
+    sites at once, and everything derived (zero fraction, window totals) is computed at the check.
     """
 
     def __init__(self, name: str, kind: str, units: int, axis: int | None, device: torch.device, interval: int):
@@ -53,35 +53,35 @@ class Site:
             self.positive = torch.zeros(units, device=device)  # per-unit positive outputs, this interval (ReLU)
             self.off = torch.zeros((), device=device)  # saturated outputs, this interval (sigmoid/tanh)
             self.flags = StepFlags(interval, device)
-            # What this step's forwards saw, filed by ``file_step`` outside the forward: a hook that read
-            # changing Python numbers (step offset, running counts) would recompile under torch.compile.
-            self.step_max = torch.zeros((), device=device)  # sum of this step's output maxima (non-finite marker)
         self.numel = 0  # outputs seen this interval (host-side: shapes are known without a sync)
         self.window_samples = 0  # samples in the current dead-unit window
-        self.step_counts: list[tuple[int, int]] = []  # (outputs, samples) per forward this step
+        # What each forward of this step saw, filed by ``file_step`` outside the forward (a hook that
+        # read changing Python numbers, such as the step offset, would recompile under torch.compile):
+        # (output maximum, per-unit positive or saturated count, outputs, samples).
+        self.seen: list[tuple[torch.Tensor, torch.Tensor, int, int]] = []
+        self.shape: torch.Size | None = None  # the output shape whose unit axis was last worked out
         self._reduce_dims: tuple[int, ...] | None = None
 
     def observe(self, x: torch.Tensor) -> None:
         """Adds one output tensor's statistics. No host synchronization."""
         if x.device != self.fires.device:
             with torch.inference_mode(False):
-                self.fires, self.positive, self.off, self.step_max = (
-                    t.to(x.device) for t in (self.fires, self.positive, self.off, self.step_max))
+                self.fires, self.positive, self.off = (t.to(x.device) for t in (self.fires, self.positive, self.off))
                 self.flags.to(x.device)
         # The largest output is NaN when any is, and +Inf when any is: activation outputs are never
         # -Inf (ReLU clamps it to 0, sigmoid/tanh are bounded), so one amax replaces a finiteness test.
-        self.step_max.add_(x.amax())
+        largest = x.amax()
         if self.kind == "relu":
             # ReLU outputs are >= 0, so sign() is 1 where positive and 0 where off (NaN aside, which is
             # flagged above); a float sum of it is several times faster on CPU than (x > 0).sum(dims).
             dims = self._dims(x)
             signs = x.sign()
-            self.positive.add_(signs.sum(dim=dims, dtype=torch.float32) if dims is not None else signs.sum(dtype=torch.float32))
+            count = signs.sum(dim=dims, dtype=torch.float32) if dims is not None else signs.sum(dtype=torch.float32)
         else:
             centred = x.abs() if self.kind == "tanh" else (x - 0.5).abs()  # |2(x - 0.5)| > L  <=>  |x - 0.5| > L/2
-            self.off.add_((centred > (SATURATION_LEVEL if self.kind == "tanh" else SATURATION_LEVEL / 2)).sum())
-        self.step_counts.append(
-            (x.numel(), x.shape[0] if self.axis == 1 or self.axis is None else x.numel() // max(self.units, 1)))
+            count = (centred > (SATURATION_LEVEL if self.kind == "tanh" else SATURATION_LEVEL / 2)).sum(dtype=torch.float32)
+        self.seen.append((largest, count, x.numel(),
+                          x.shape[0] if self.axis == 1 or self.axis is None else x.numel() // max(self.units, 1)))
 
     def _dims(self, x: torch.Tensor) -> tuple[int, ...] | None:
         if self.axis is None:
@@ -116,6 +116,7 @@ class ActivationCollector(Collector):
         self._global_handles: list[RemovableHandle] = []
         self._order: list[Site] = []  # the sites of the last state(), in the order of its tensors
         self._counted: list[int] = []  # their window samples at that check
+        self._layout_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._guard = guard or Guard(strict=True)
         wrap = self._guard.wrap
         self.handles: list[RemovableHandle] = [
@@ -228,16 +229,18 @@ class ActivationCollector(Collector):
         key = (name, min(call, MAX_SITES_PER_MODULE - 1))
         site = self.sites.get(key)
         x = output.detach()
-        axis = unit_axis(x.shape, channels_first=x.dim() == 3 and x.shape[1] in self.facts.conv1d_channels)
-        units = x.shape[axis] if axis is not None else 1
-        if site is None:
-            site_name = name if key[1] == 0 else f"{name}#{key[1]}"
-            site = self.sites[key] = Site(site_name, kind, units, axis, x.device, self.interval)
-            self._functional_seen = self._functional_seen or ":" in name
-            self.facts.activations.setdefault(site_name, kind)
-            self.facts.note_forward(site_name)
-        elif (axis, units) != (site.axis, site.units):
-            return  # another layout (an unbatched call, a capped site of another width): skip, never mix units
+        if site is None or x.shape != site.shape:  # the unit axis is worked out once per output shape
+            axis = unit_axis(x.shape, channels_first=x.dim() == 3 and x.shape[1] in self.facts.conv1d_channels)
+            units = x.shape[axis] if axis is not None else 1
+            if site is None:
+                site_name = name if key[1] == 0 else f"{name}#{key[1]}"
+                site = self.sites[key] = Site(site_name, kind, units, axis, x.device, self.interval)
+                self._functional_seen = self._functional_seen or ":" in name
+                self.facts.activations.setdefault(site_name, kind)
+                self.facts.note_forward(site_name)
+            elif (axis, units) != (site.axis, site.units):
+                return  # another layout (an unbatched call, a capped site of another width): skip, never mix units
+            site.shape = x.shape
         site.observe(x)
         self._observed.append(site)
 
@@ -251,15 +254,17 @@ class ActivationCollector(Collector):
             return
         sites = list(dict.fromkeys(self._observed))
         self._observed.clear()
+        largest, counts = [], []
         for site in sites:
-            for numel, samples in site.step_counts:
-                site.numel += numel
-                site.window_samples += samples
-            site.step_counts.clear()
+            seen, site.seen = site.seen, []
+            largest.append(seen[0][0] if len(seen) == 1 else sum(m for m, _, _, _ in seen))
+            counts.append(seen[0][1] if len(seen) == 1 else sum(c for _, c, _, _ in seen))
+            site.numel += sum(numel for _, _, numel, _ in seen)
+            site.window_samples += sum(samples for _, _, _, samples in seen)
         slots = [site.flags.slot(offset) for site in sites]
         if slots[0] is not None:
-            torch._foreach_add_(slots, [site.step_max for site in sites])
-        torch._foreach_zero_([site.step_max for site in sites])
+            torch._foreach_add_(slots, largest)
+        torch._foreach_add_([site.positive if site.kind == "relu" else site.off for site in sites], counts)
 
     # -- collector contract --------------------------------------------------------------------
     def state(self) -> State:
@@ -281,6 +286,14 @@ class ActivationCollector(Collector):
             "samples": (torch.tensor([float(c) for c in self._counted]), "sum"),
         }
 
+    def _layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Units per site, where each site's units start, and which sites are ReLUs (cached: sites only get added)."""
+        if self._layout_cache is None or len(self._layout_cache[0]) != len(self._order):
+            units = np.array([s.units for s in self._order])
+            self._layout_cache = (units, np.concatenate([[0], np.cumsum(units)[:-1]]),
+                                  np.array([s.kind == "relu" for s in self._order]))
+        return self._layout_cache
+
     def reset_interval(self) -> None:
         sites = list(self.sites.values())
         if sites:  # one launch each, not several per site
@@ -293,11 +306,9 @@ class ActivationCollector(Collector):
         order = self._order
         if not order or "fires" not in state:
             return
-        units = np.array([s.units for s in order])
-        starts = np.concatenate([[0], np.cumsum(units)[:-1]])
+        units, starts, relu = self._layout()
         positive = state["positive"].astype(np.float64)
         fires = state["fires"] + positive  # per unit, over the window so far
-        relu = np.array([s.kind == "relu" for s in order])
         numel = state["numel"]
         with np.errstate(divide="ignore", invalid="ignore"):
             off = np.where(relu, numel - np.add.reduceat(positive, starts), state["off"]) / numel
