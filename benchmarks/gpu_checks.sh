@@ -30,13 +30,15 @@ if [ "$DEVICE" = cuda ]; then
     "tests/robustness/test_odd_models.py::test_model_moved_between_devices_after_attaching"
   part 60 no_sync python3 benchmarks/no_sync_check.py --device cuda --models resnet50,mlp24 --steps 32 --out "$FINAL/no_sync.md"
   part 50 overhead_mlp python3 benchmarks/overhead.py --device cuda --models mlp24 --rounds 20 --budget-s 25 --out "$WORK/mlp.md"
+  # diagnostics: the same MLP with every step timed (a synchronize per step): the host cost of each kind of step
+  part 45 overhead_mlp_steps python3 benchmarks/overhead.py --device cuda --models mlp24 --timing step --rounds 40 --budget-s 20 --out "$WORK/mlp_steps.md"
   part 110 overhead_resnet python3 benchmarks/overhead.py --device cuda --models resnet50 --rounds 12 --warmup 1 --budget-s 70 --out "$WORK/resnet.md"
   part 120 distributed env OUT="$WORK/dist" bash tests/dist_scripts/fsdp_cuda_check.sh
 else  # a short dry run of this script on the CPU
   part 120 no_sync python3 benchmarks/no_sync_check.py --device cpu --models mlp16 --steps 12 --out "$FINAL/no_sync.md"
-  part 60 overhead_mlp python3 benchmarks/overhead.py --device cpu --models mlp16 --rounds 2 --warmup 1 --block-steps 10 --out "$WORK/mlp.md"
+  part 60 overhead_mlp python3 benchmarks/overhead.py --device cpu --models mlp16 --rounds 10 --warmup 1 --out "$WORK/mlp.md"
 fi
-cat "$WORK"/mlp.md "$WORK"/resnet.md > "$FINAL/overhead_cuda.md" 2>/dev/null
+cat "$WORK"/mlp.md "$WORK"/resnet.md "$WORK"/mlp_steps.md > "$FINAL/overhead_cuda.md" 2>/dev/null
 cat "$WORK"/dist/*.pytest.txt "$WORK"/dist.log > "$FINAL/distributed.txt" 2>/dev/null
 cp "$WORK/pytest_cuda.log" "$FINAL/pytest_cuda.txt" 2>/dev/null
 say "done"

@@ -1,25 +1,27 @@
 """Step-time and memory overhead of torchhealth vs plain training and the usual ways of monitoring.
 
-Arms, each on its own identical copy of the model, run interleaved in one process
-(A B C D, B C D A, ... rounds), each for one logging interval of steps, so every block of
-torchhealth steps holds exactly one check (and one sampled forward) at the defaults:
+Every arm trains the SAME model and optimizer in turn, in interleaved blocks (A B C D E, B C D E A,
+... rounds), so that no arm gains from a luckier copy of the model in memory:
 
 - ``plain``: forward, backward, optimizer step.
-- ``plain_again``: the same on another copy: an A/A control, whose "overhead" is the resolution of
-  the measurement on this machine (noise, and the copies' different places in memory).
-- ``torchhealth``: the same plus ``Monitor(model, optimizer, log_dir=tmp)`` at its defaults.
+- ``plain_again``: the same again: an A/A control, whose "overhead" is the resolution of the
+  measurement on this machine (other processes, frequency changes).
+- ``torchhealth``: the same plus ``Monitor(model, optimizer, log_dir=tmp)`` at its defaults. The
+  monitor counts only its own steps, so its blocks follow its schedule (checks, sampled forwards,
+  log steps) as if it had trained alone; between its blocks it samples nothing.
 - ``grad_norm_item``: a per-parameter ``p.grad.norm().item()`` pass every step (the pattern of
   Lightning's ``grad_norm`` + logging, or Ignite's ``GradsScalarHandler``).
 - ``+relu_sparsity_item``: that plus a forward hook on every ReLU module computing
   ``(out == 0).float().mean().item()`` every step.
 
-Reported per arm: the median over rounds of (arm block time / plain block time in the same
-round), and memory. Block time is wall-clock on CUDA (after a synchronize) and, by default, the
-process's CPU time on CPU (``--clock cpu``: all threads of this process, TensorBoard's writer
-thread included), which other processes on a shared machine disturb far less than wall-clock. On CUDA, memory is ``torch.cuda.max_memory_allocated`` during the arm's
-block minus what was allocated when the block started (working memory: activations, gradients,
-the monitor's pre-check weight copy), plus the bytes of tensors the monitor keeps between steps.
-On CPU only the latter is reported (the process RSS cannot be split between arms).
+On CPU every step is timed (process CPU time: all threads of this process, TensorBoard's writer
+thread included, which other processes disturb less than wall-clock) in blocks of ``check_every``
+steps; the monitor's steps are classed by kind and each kind's median is weighted by how often
+it occurs in a logging interval (see ``measure``). On CUDA whole blocks of one logging interval
+are timed by wall-clock after a synchronize, and memory is ``torch.cuda.max_memory_allocated``
+during each block minus what was allocated when it started (working memory: activations,
+gradients, the monitor's weight copy). The monitor state column is the bytes of the tensors the
+monitor keeps between steps (O(parameters + units)).
 
 Usage::
 
@@ -145,47 +147,82 @@ def workloads(device: str, names: list[str] | None) -> list[Workload]:
 
 
 # -- the arms ------------------------------------------------------------------------------------
-class Arm:
-    """One way of training a copy of the model; ``block(n)`` runs n steps."""
+class Bench:
+    """One model and optimizer that every arm trains in turn.
 
-    def __init__(self, kind: str, w: Workload, device: torch.device, log_dir: str) -> None:
+    All arms run on the same parameters, gradients and optimizer state, so none gains from a copy
+    that happens to sit better in memory (separate copies differed by up to 7% on the CPU here).
+    The monitor stays attached throughout; outside its own blocks it samples nothing (its
+    activation hooks are off), so the other arms run with only its two model-level hooks, which
+    return at once.
+    """
+
+    def __init__(self, w: Workload, device: torch.device, log_dir: str) -> None:
         torch.manual_seed(0)
-        self.kind, self.w, self.device = kind, w, device
+        self.w, self.device = w, device
         self.model = copy.deepcopy(w.model).to(device)
         self.x, self.y = w.inputs.to(device), w.target.to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
-        self.monitor = None
+        self.monitor = torchhealth.Monitor(self.model, self.opt, log_dir=log_dir, on_alert=[lambda alert: None])
+        self.monitor.activations.sampling = False
+        self.relus = [(name, m) for name, m in self.model.named_modules() if isinstance(m, nn.ReLU)]
         self.logged: dict[str, float] = {}
-        if kind == "torchhealth":
-            self.monitor = torchhealth.Monitor(self.model, self.opt, log_dir=log_dir)
-        if kind == "+relu_sparsity_item":
-            for name, module in self.model.named_modules():
-                if isinstance(module, nn.ReLU):
-                    module.register_forward_hook(self._sparsity_hook(name))
 
     def _sparsity_hook(self, name: str):
         def hook(module, args, out):
             self.logged[f"sparsity/{name}"] = (out == 0).float().mean().item()
         return hook
 
-    def block(self, steps: int) -> None:
-        for _ in range(steps):
-            with torch.autocast(self.device.type, dtype=self.w.autocast, enabled=self.w.autocast is not None):
-                loss = F.cross_entropy(self.model(self.x), self.y)
-            loss.backward()
-            if self.monitor is not None:
-                self.monitor.step(loss)
-            elif self.kind not in ("plain", "plain_again"):
-                for name, p in self.model.named_parameters():
-                    if p.grad is not None:
-                        self.logged[f"grad_norm/{name}"] = p.grad.norm().item()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+    def kind_of_next_step(self, arm: str) -> str:
+        """Which kind of step the arm's next step is (only the monitor's steps differ)."""
+        if arm != "torchhealth":
+            return "every"
+        options, position = self.monitor.options, self.monitor.step_count % self.monitor.options.log_every
+        if position == 0:
+            return "log"
+        if position % options.check_every == 0:
+            return "check"
+        if position == options.log_every - 1:
+            return "before log"
+        return "after check" if position % options.check_every == 1 else "other"
+
+    def block(self, arm: str, steps: int, times: list[tuple[str, float]] | None = None,
+              clock: Callable[[], float] = time.perf_counter) -> None:
+        """Runs ``steps`` steps of ``arm``; with ``times``, times each step (a synchronize per step on CUDA)."""
+        monitor = self.monitor if arm == "torchhealth" else None
+        handles = ([m.register_forward_hook(self._sparsity_hook(name)) for name, m in self.relus]
+                   if arm == "+relu_sparsity_item" else [])
+        if monitor is not None:  # resume its sampling schedule
+            monitor.activations.sampling = monitor.step_count % monitor.options.sample_every == 0
+        try:
+            for _ in range(steps):
+                if times is not None:
+                    kind, t0 = self.kind_of_next_step(arm), clock()
+                self.step(monitor, arm)
+                if times is not None:
+                    sync(self.device)
+                    times.append((kind, clock() - t0))
+        finally:
+            for handle in handles:
+                handle.remove()
+            if monitor is not None:
+                monitor.activations.sampling = False
+
+    def step(self, monitor, arm: str) -> None:
+        with torch.autocast(self.device.type, dtype=self.w.autocast, enabled=self.w.autocast is not None):
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        if monitor is not None:
+            monitor.step(loss)
+        elif arm in ("grad_norm_item", "+relu_sparsity_item"):
+            for name, p in self.model.named_parameters():
+                if p.grad is not None:
+                    self.logged[f"grad_norm/{name}"] = p.grad.norm().item()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
     def state_bytes(self) -> int:
-        """Bytes of the tensors the monitor holds (0 for the other arms)."""
-        if self.monitor is None:
-            return 0
+        """Bytes of the tensors the monitor holds between steps."""
         return state_nbytes(list(self.monitor.collectors.values()))
 
 
@@ -200,67 +237,72 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
             per_step: bool = False, arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
     """Interleaved rounds of ``block_steps`` steps per arm; returns per-arm step times and ratios.
 
-    A round runs each arm's block in turn (A's block, B's block, ...: each model stays warm in the
-    caches during its block, as in real training). With ``per_step`` every step of a block is timed
-    and the result is robust to noise from other processes: steps are classed by their position in
-    the logging interval (first, check, the step before a check, other), each class's time is its
-    median over all rounds, and a step's amortized time is the count-weighted mean of the class
-    medians. Without it (CUDA: timing single steps would need a synchronize per step) a step's
-    time is the median over rounds of block time / ``block_steps``. Stops after ``rounds`` measured rounds, or earlier
-    (but after at least 3) once ``budget_s`` seconds of wall-clock have passed.
+    A round runs each arm's block in turn, starting with a different arm each round. With
+    ``per_step`` every step is timed and classed by kind (the monitor's log step, check steps,
+    the step after a check, the step before a log step, other steps; one kind for the other
+    arms), each kind's time is its median over all rounds, and an arm's step time is the
+    count-weighted mean of its kinds' medians over one logging interval: robust to noise from
+    other processes, which moves single steps by tens of percent here. Without it (CUDA, where
+    timing single steps would add a synchronize per step) a step's time is the median over
+    rounds of block time / ``block_steps``, with blocks of one logging interval. Stops after
+    ``rounds`` measured rounds, or earlier (but after at least 3) once ``budget_s`` seconds of
+    wall-clock have passed.
     """
     started = time.perf_counter()
-    check_every = torchhealth.MonitorOptions().check_every
+    options = torchhealth.MonitorOptions()
     with tempfile.TemporaryDirectory(prefix="torchhealth-bench-") as log_dir:
-        runners = [Arm(kind, w, device, log_dir) for kind in arms]
-        by_position: dict[str, list[list[float]]] = {a: [[] for _ in range(block_steps)] for a in arms}
+        bench = Bench(w, device, log_dir)
+        steps: dict[str, list[tuple[str, float]]] = {a: [] for a in arms}
         per_round: dict[str, list[float]] = {a: [] for a in arms}
         peak: dict[str, int] = {a: 0 for a in arms}
-        state: dict[str, int] = {a: 0 for a in arms}
+        state = 0
         for r in range(warmup + rounds):
-            order = runners[r % len(runners):] + runners[:r % len(runners)]
-            round_times = {a: 0.0 for a in arms}
+            order = arms[r % len(arms):] + arms[:r % len(arms)]
             for arm in order:
-                for chunk in (range(block_steps) if per_step else [None]):
-                    sync(device)
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats()
-                        start_bytes = torch.cuda.memory_allocated()
-                    t0 = clock()
-                    arm.block(1 if per_step else block_steps)
-                    sync(device)
-                    elapsed = clock() - t0
-                    round_times[arm.kind] += elapsed
-                    if r >= warmup and per_step:
-                        by_position[arm.kind][chunk].append(elapsed)
-                    if r >= warmup and device.type == "cuda":
-                        peak[arm.kind] = max(peak[arm.kind], torch.cuda.max_memory_allocated() - start_bytes)
-            for arm in runners:
-                state[arm.kind] = max(state[arm.kind], arm.state_bytes())
+                sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                    start_bytes = torch.cuda.memory_allocated()
+                times: list[tuple[str, float]] | None = [] if per_step else None
+                t0 = clock()
+                bench.block(arm, block_steps, times, clock)
+                sync(device)
+                elapsed = clock() - t0
                 if r >= warmup:
-                    per_round[arm.kind].append(round_times[arm.kind] / block_steps)
+                    per_round[arm].append(elapsed / block_steps)
+                    steps[arm] += times or []
+                    if device.type == "cuda":
+                        peak[arm] = max(peak[arm], torch.cuda.max_memory_allocated() - start_bytes)
+            state = max(state, bench.state_bytes())
             if r + 1 - warmup >= 3 and time.perf_counter() - started > budget_s:
                 print(f"  {w.name}: time budget reached after {r + 1 - warmup} measured rounds", flush=True)
                 break
-        for arm in runners:
-            if arm.monitor is not None:
-                arm.monitor.close()
+        bench.monitor.close()
 
-    def kinds(kind: str) -> tuple[dict[str, list[float]], dict[str, int]]:
-        classes: dict[str, list[float]] = {}
-        counts: dict[str, int] = {}
-        for position, samples in enumerate(by_position[kind]):
-            cls = ("first" if position == 0 else "check" if position % check_every == 0
-                   else "before check" if (position + 1) % check_every == 0 else "other")
-            classes.setdefault(cls, []).extend(samples)
-            counts[cls] = counts.get(cls, 0) + 1
-        return classes, counts
+    def kinds(arm: str) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for kind, seconds in steps[arm]:
+            out.setdefault(kind, []).append(seconds)
+        return out
 
-    def amortized(kind: str) -> float:
+    def interval_counts(arm: str) -> dict[str, int]:
+        """How many steps of each kind one logging interval has."""
+        if arm != "torchhealth":
+            return {"every": options.log_every}
+        checks = options.log_every // options.check_every
+        return {"log": 1, "check": checks - 1, "after check": checks, "before log": 1,
+                "other": options.log_every - 2 * checks - 1}
+
+    def amortized(arm: str) -> float:
         if not per_step:
-            return statistics.median(per_round[kind])
-        classes, counts = kinds(kind)
-        return sum(counts[c] * statistics.median(v) for c, v in classes.items()) / block_steps
+            return statistics.median(per_round[arm])
+        medians = {kind: statistics.median(v) for kind, v in kinds(arm).items()}
+        counts = interval_counts(arm)
+        missing = set(counts) - set(medians)
+        if missing:
+            raise SystemExit(f"{w.name}: no {', '.join(sorted(missing))} step was measured; measure at least "
+                             f"one logging interval ({options.log_every} steps) per arm")
+        return sum(n * medians[kind] for kind, n in counts.items()) / sum(counts.values())
 
     plain = per_round["plain"]
     out = {}
@@ -268,11 +310,13 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
         ratios = sorted(t / p for t, p in zip(per_round[a], plain))
         out[a] = {"step_ms": 1e3 * amortized(a), "ratio": amortized(a) / amortized("plain"),
                   "ratio_q1": ratios[len(ratios) // 4], "ratio_q3": ratios[(3 * len(ratios)) // 4],
-                  "peak_bytes": peak[a], "state_bytes": state[a], "rounds": len(per_round[a])}
-        if per_step:  # median extra time of each kind of step over plain's median step
+                  "peak_bytes": peak[a], "state_bytes": state if a == "torchhealth" else 0,
+                  "rounds": len(per_round[a])}
+        if per_step:  # median extra time of each kind of step over plain's (amortized) step
             base = amortized("plain")
-            classes, counts = kinds(a)
-            out[a]["kinds"] = {c: (counts[c], 1e3 * (statistics.median(v) - base)) for c, v in classes.items()}
+            counts = interval_counts(a)
+            out[a]["kinds"] = {kind: (counts.get(kind, 0), 1e3 * (statistics.median(v) - base))
+                               for kind, v in kinds(a).items()}
     return out
 
 
@@ -305,13 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--models", default=None, help="comma-separated subset, e.g. mlp16,conv6")
-    parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default: 10 CPU, 20 CUDA)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="measured rounds (default: 100 with per-step timing, 20 with block timing)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     parser.add_argument("--block-steps", type=int, default=None,
-                        help="steps per block (default: the monitor's log_every, one logging interval)")
+                        help="steps per block (default: check_every with per-step timing, else log_every)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="wall-clock seconds per model after which measuring stops, at least 3 rounds "
-                             "(default: 60 on CPU, none on CUDA)")
+                             "(default: 90 on CPU, none on CUDA)")
     parser.add_argument("--timing", default=None, choices=["step", "block"],
                         help="time every step (per-kind medians) or whole blocks (default: step on CPU, block "
                              "on CUDA, where timing single steps would add a synchronize per step)")
@@ -324,17 +369,18 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--device cuda: no CUDA device is available")
     if device.type == "cpu":
         torch.set_num_threads(1)
-    rounds = args.rounds or (10 if device.type == "cpu" else 20)
-    block_steps = args.block_steps or torchhealth.MonitorOptions().log_every
+    timing = args.timing or ("step" if device.type == "cpu" else "block")
+    defaults = torchhealth.MonitorOptions()
+    rounds = args.rounds or (100 if timing == "step" else 20)
+    block_steps = args.block_steps or (defaults.check_every if timing == "step" else defaults.log_every)
     clock_name = args.clock or ("cpu" if device.type == "cpu" else "wall")
     if clock_name == "cpu" and device.type == "cuda":
         raise SystemExit("--clock cpu measures host CPU time only; use --clock wall with --device cuda")
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
-    timing = args.timing or ("step" if device.type == "cpu" else "block")
     results = {}
     for w in workloads(args.device, args.models.split(",") if args.models else None):
         t0 = time.perf_counter()
-        budget = args.budget_s if args.budget_s is not None else (60.0 if device.type == "cpu" else float("inf"))
+        budget = args.budget_s if args.budget_s is not None else (90.0 if device.type == "cpu" else float("inf"))
         per_step = timing == "step"
         results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget, per_step)
         th = results[w.name]["torchhealth"]
@@ -342,13 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "
               f"{100 * (th['ratio'] - 1):+.1f}% ({time.perf_counter() - t0:.0f}s){' [' + kinds + ']' if kinds else ''}",
               flush=True)
-    defaults = torchhealth.MonitorOptions()
     text = (f"Machine: {machine(device)}. Defaults: check_every={defaults.check_every}, "
             f"log_every={defaults.log_every}, sample_every={defaults.sample_every}. "
             f"Up to {rounds} interleaved rounds (column rounds) of {block_steps} steps per arm, timed by "
             f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}. "
             + ("Step time: every step timed, count-weighted mean of the median times of each kind of step in "
-               "the logging interval (first, check, before a check, other); " if timing == "step"
+               "a logging interval (log, check, after a check, before a log step, other); " if timing == "step"
                else "Step time: median block time / steps; ")
             + "the last column but one is the middle half of the per-round ratios to plain.\n\n" + table(results, device) + "\n")
     print(text)

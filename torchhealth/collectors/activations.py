@@ -273,15 +273,15 @@ class ActivationCollector(Collector):
             return {}
         device = order[0].fires.device
 
-        def gather(name: str) -> list[torch.Tensor]:  # a model spread over devices: bring them together
-            return [t if t.device == device else t.to(device) for t in (getattr(s, name) for s in order)]
+        def gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:  # a model spread over devices
+            return [t if t.device == device else t.to(device) for t in tensors]
 
         self._counted = [s.window_samples for s in order]
         return {  # four launches; the rest is host numbers, computed with in ``finish``
-            "fires": (torch.cat(gather("fires")), "sum"),
-            "positive": (torch.cat(gather("positive")), "sum"),
-            "off": (torch.stack(gather("off")), "sum"),
-            "markers": (torch.stack([f.to(device) for f in (s.flags.flags for s in order)]), "sum"),
+            "fires": (torch.cat(gather([s.fires for s in order])), "sum"),
+            "positive": (torch.cat(gather([s.positive for s in order])), "sum"),
+            "off": (torch.stack(gather([s.off for s in order])), "sum"),
+            "markers": (torch.stack(gather([s.flags.flags for s in order])), "sum"),
             "numel": (torch.tensor([float(s.numel) for s in order]), "sum"),
             "samples": (torch.tensor([float(c) for c in self._counted]), "sum"),
         }
