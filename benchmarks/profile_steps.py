@@ -1,0 +1,89 @@
+"""Where the monitor's time goes, per kind of step: host time of each phase, and device time by operator.
+
+A diagnostic for ``overhead.py``: trains one model with a Monitor at its defaults and reports,
+for each kind of step (log, check, after a check, before a log step, other), the median host
+time of the forward, the backward, ``monitor.step`` and the optimizer step (no synchronize
+between them: host time, what a launch-bound loop pays). Then it profiles a few logging
+intervals with ``torch.profiler`` and prints the operators with the most self time, host and
+device.
+
+Usage::
+
+    python benchmarks/profile_steps.py --device cuda --models mlp24,resnet50
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overhead import Bench, sync, workloads  # noqa: E402
+
+PHASES = ("forward", "backward", "monitor.step", "optimizer")
+
+
+def phases(bench: Bench, steps: int) -> dict[str, dict[str, float]]:
+    """Median host milliseconds of each phase, per kind of step."""
+    monitor = bench.monitor
+    times: dict[str, dict[str, list[float]]] = {}
+    monitor.activations.sampling = monitor.step_count % monitor.options.sample_every == 0
+    for _ in range(steps):
+        kind = bench.kind_of_next_step("torchhealth")
+        t0 = time.perf_counter()
+        with torch.autocast(bench.device.type, dtype=bench.w.autocast, enabled=bench.w.autocast is not None):
+            loss = F.cross_entropy(bench.model(bench.x), bench.y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        monitor.step(loss)
+        t3 = time.perf_counter()
+        bench.opt.step()
+        bench.opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        row = times.setdefault(kind, {p: [] for p in PHASES})
+        for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            row[phase].append(seconds)
+    sync(bench.device)
+    return {kind: {p: 1e3 * statistics.median(v) for p, v in row.items()} for kind, row in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--models", default="mlp16")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--profile-steps", type=int, default=100)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    for w in workloads(args.device, args.models.split(",")):
+        with tempfile.TemporaryDirectory(prefix="torchhealth-profile-") as log_dir:
+            bench = Bench(w, device, log_dir)
+            bench.block("plain", 20)  # warm-up
+            phases(bench, 20)
+            print(f"## {w.name}: median host ms per phase, by kind of step ({args.steps} steps)")
+            print("| kind | " + " | ".join(PHASES) + " |\n|---|" + "---|" * len(PHASES))
+            for kind, row in sorted(phases(bench, args.steps).items()):
+                print(f"| {kind} | " + " | ".join(f"{row[p]:.3f}" for p in PHASES) + " |")
+            activities = [torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with torch.profiler.profile(activities=activities) as prof:
+                phases(bench, args.profile_steps)
+            for key in ("self_cpu_time_total",) + (("self_device_time_total",) if device.type == "cuda" else ()):
+                print(f"\n### top operators by {key} over {args.profile_steps} monitored steps\n")
+                print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
+            bench.monitor.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
