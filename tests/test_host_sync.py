@@ -19,7 +19,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchhealth
-from torchhealth.collectors import activations, base
+from torchhealth.collectors import activations
+from torchhealth.collectors.loss import LossCollector
 
 HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "__complex__"}
 SYNCING_OPS = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.repeat_interleave",
@@ -134,8 +135,8 @@ def test_plain_training_step_reads_nothing():
 @pytest.mark.parametrize("plant", ["loss_item", "activation_bool"])
 def test_a_planted_host_read_is_caught(plant, monkeypatch):
     if plant == "loss_item":
-        record = base.StepFlags.mark
-        monkeypatch.setattr(base.StepFlags, "mark", lambda self, offset, value: (value.item(), record(self, offset, value)))
+        record = LossCollector.record
+        monkeypatch.setattr(LossCollector, "record", lambda self, loss, offset: (loss.item(), record(self, loss, offset)))
     else:
         observe = activations.Site.observe
         monkeypatch.setattr(activations.Site, "observe", lambda self, x: (bool(x.amax() > 0), observe(self, x)))

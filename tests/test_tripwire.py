@@ -13,10 +13,10 @@ from torchhealth.scenarios import SCENARIOS, run_scenario
 
 def trips(losses, check_every=10):
     """Runs the wire over ``losses``, setting its reference at checks as the monitor does."""
-    wire = LossTripwire(torch.device("cpu"))
+    wire = LossTripwire(check_every, torch.device("cpu"))
     out, interval = [], []
     for step, value in enumerate(losses):
-        wire.record(torch.tensor(float(value)))
+        wire.record(torch.tensor(float(value)), 1, step % check_every)
         out.append(wire.tripped())
         interval.append(abs(value))
         if step % check_every == 0:  # a check: the reference follows the interval's finite losses

@@ -157,6 +157,7 @@ class Monitor:
         tripped = self.guard.call("collector loss", self.loss_collector.tripped, default=False)
         if loss is not None:
             self.log_loss(loss)
+        self.guard.call("collector loss", self.loss_collector.end_step, step - self._interval_start)
         self.guard.call("collector activations", self.activations.file_step, step - self._interval_start)
         if val_loss is not None:
             self.log_validation(val_loss)

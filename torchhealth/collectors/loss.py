@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from torchhealth.collectors.base import Arrays, Collector, State, StepFlags
+from torchhealth.collectors.base import Arrays, Collector, State
 from torchhealth.collectors.tripwire import LossTripwire
 from torchhealth.snapshot import Snapshot
 
@@ -17,28 +17,38 @@ FLOAT32_MAX = torch.finfo(torch.float32).max
 class LossCollector(Collector):
     """Mean finite loss per check interval, plus the step where the loss first went non-finite.
 
-    Recording a loss is one in-place add into a per-step vector on the device (no host sync);
-    the mean and the non-finite flags are computed from that vector on check steps.
+    Recording a loss launches nothing: the (detached) loss tensors of the interval are kept, a
+    few bytes each, and stacked into one per-step vector at the check. ``end_step`` hands each
+    step's loss to the trip-wire, whose copy to the host is the only per-step device work.
     """
 
     def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
         self.device = device
-        self.tripwire = LossTripwire(device) if tripwire else None
+        self.tripwire = LossTripwire(interval, device) if tripwire else None
         with torch.inference_mode(False):  # stays updatable if the monitor is built inside inference_mode()
-            self.losses = StepFlags(interval, device)  # each step's loss (micro-batches summed) at its offset
             self._val = torch.zeros(2, device=device)  # [sum of validation losses, count]
-        self._counts = [0] * interval  # losses recorded at each offset (known on the host without a sync)
+        self._losses: list[list[torch.Tensor]] = [[] for _ in range(interval)]  # each step's losses, by offset
+        self._counts = [0] * interval  # losses recorded at each offset (micro-batches of one step add up)
+        self._zero: torch.Tensor | None = None  # stands in for a step without a loss
 
     def record(self, loss: torch.Tensor | float, offset: int) -> None:
-        """Adds one step's training loss; ``offset`` is the step's position in the check interval."""
-        if not 0 <= offset < len(self._counts):
+        """Adds one training loss (of a step or a micro-batch); ``offset`` is the step's place in the interval."""
+        if not 0 <= offset < len(self._losses):
             return
         value = self._as_scalar(loss)
         self._follow(value.device)
-        self.losses.mark(offset, value)
+        self._losses[offset].append(value)
         self._counts[offset] += 1
+
+    def end_step(self, offset: int) -> None:
+        """Closes the step at ``offset``: its micro-batch losses are summed and the trip-wire tests it."""
+        if not 0 <= offset < len(self._losses) or not self._losses[offset]:
+            return
+        losses = self._losses[offset]
+        if len(losses) > 1:
+            losses[:] = [torch.stack(self._here(losses)).sum()]
         if self.tripwire is not None:
-            self.tripwire.record(value)
+            self.tripwire.record(losses[0], self._counts[offset], offset)
 
     def tripped(self) -> bool:
         """Whether the trip-wire asks for an early check (see collectors/tripwire.py)."""
@@ -69,13 +79,20 @@ class LossCollector(Collector):
             self.device = device
             with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
                 self._val = self._val.to(device)
-                self.losses.to(device)
+
+    def _here(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [t if t.device == self.device else t.to(self.device) for t in tensors]
 
     def state(self) -> State:
         # Always the same layout, recorded or not: a rank that saw no loss still joins the reduction,
         # and the counts it adds (zero) say whether any rank recorded one.
+        if self._zero is None or self._zero.device != self.device:
+            self._zero = torch.zeros((), device=self.device)
+        steps = [losses[0] if len(losses) == 1 else torch.stack(self._here(losses)).sum() if losses else self._zero
+                 for losses in self._losses]
         counts = torch.tensor(self._counts, dtype=torch.float32)  # host side: no upload
-        return {"losses": (self.losses.flags, "sum"), "counts": (counts, "sum"), "val_loss": (self._val, "sum")}
+        return {"losses": (torch.stack(self._here(steps)), "sum"), "counts": (counts, "sum"),
+                "val_loss": (self._val, "sum")}
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
         if "losses" not in state:
@@ -96,5 +113,5 @@ class LossCollector(Collector):
 
     def reset_interval(self) -> None:
         self._val.zero_()
-        self.losses.reset()
+        self._losses = [[] for _ in self._losses]
         self._counts = [0] * len(self._counts)

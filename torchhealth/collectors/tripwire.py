@@ -1,8 +1,8 @@
 """A loss trip-wire: asks for an early check when the loss jumps or goes non-finite.
 
 Checks run every ``check_every`` steps, but an explosion can overflow within a few steps. The
-trip-wire watches every step's loss on the device and tells the host, without waiting for the
-device, that something is off; the monitor then checks at once instead of at the next scheduled
+trip-wire copies every step's loss to the host without waiting for the device and tests it there
+at the next step; when it is off, the monitor checks at once instead of at the next scheduled
 check, so growth is seen before it turns into inf/NaN.
 """
 
@@ -19,56 +19,48 @@ the first check interval and of the latest one read."""
 
 
 class LossTripwire:
-    """Per-step loss test on the device, read by the host one step later without a synchronization.
+    """Per-step loss test on the host, from a copy that arrives without a synchronization.
 
-    ``record`` costs two small kernels on a CPU (``abs``, and a comparison written straight into
-    host memory) and, on a GPU, a third: an asynchronous copy of the flag into pinned host memory,
-    which ``tripped`` reads once it has landed (a CUDA event that is queried, never waited for).
-    The limit it compares with is set from each check's losses (``set_typical``), so a step runs
-    no arithmetic to keep a running reference.
+    ``record`` copies the step's loss into its slot of a host buffer: on a GPU asynchronously, into
+    pinned memory, followed by a CUDA event; ``tripped`` tests the values whose copies have landed
+    (the event is queried, never waited for). On the CPU the copy is simply there. One copy a
+    step is all the device sees; the limit is set from each check's losses (``set_typical``).
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self._limit: torch.Tensor | None = None
+    def __init__(self, interval: int, device: torch.device) -> None:
+        self.limit = math.inf  # until the first check has set a reference
         self._first_typical: float | None = None
-        self._host_flag(device)
+        self._untested: list[tuple[int, int]] = []  # (offset, losses summed there) copied but not yet tested
+        self._buffers(interval, device)
 
-    def _host_flag(self, device: torch.device) -> None:
+    def _buffers(self, interval: int, device: torch.device) -> None:
         cuda = device.type == "cuda"
-        host = torch.ones(1, dtype=torch.bool, pin_memory=cuda)  # "within bounds"; pinned: the copy need not wait
-        self._within = host[0]
-        self._host = host.numpy()  # read without a torch call (and without waiting for the device)
+        self._slots = torch.zeros(interval, pin_memory=cuda)  # pinned: the copy need not wait
+        self._views = self._slots.unbind()  # made once: a step's copy is one call, not an index and a copy
+        self._values = self._slots.numpy()  # read without a torch call (and without waiting for the device)
         self._event = torch.cuda.Event() if cuda else None
 
-    def record(self, loss: torch.Tensor) -> None:
-        """Tests one 0-d float loss on its device. No host synchronization."""
-        if self._limit is None or self._limit.device != loss.device:
-            if (self._event is not None) != (loss.device.type == "cuda"):
-                self._host_flag(loss.device)  # the model moved between CPU and GPU after attaching
-            limit = math.inf if self._first_typical is None else self._limit_value(self._first_typical)
-            with torch.inference_mode(False):
-                self._limit = torch.full((), limit, device=loss.device)
-        # |loss|: objectives such as negative log-likelihoods can be negative. NaN and Inf fail the
-        # comparison too (strict: Inf is not below an infinite limit), so one test covers both.
-        if self._event is None:
-            torch.lt(loss.abs(), self._limit, out=self._within)
-        else:
-            self._within.copy_(loss.abs() < self._limit, non_blocking=True)
+    def record(self, total: torch.Tensor, count: int, offset: int) -> None:
+        """Copies one step's loss (``total`` of ``count`` micro-batch losses) to the host. No synchronization."""
+        if (self._event is not None) != (total.device.type == "cuda"):
+            self._buffers(len(self._views), total.device)  # the model moved between CPU and GPU after attaching
+        self._views[offset].copy_(total, non_blocking=True)
+        if self._event is not None:
             self._event.record()
+        self._untested.append((offset, count))
 
     def set_typical(self, typical: float) -> None:
         """Sets the reference from a check: ``typical`` is the mean |loss| of its interval's finite losses."""
         if self._first_typical is None:
             self._first_typical = typical
-        if self._limit is not None:
-            self._limit.fill_(self._limit_value(typical))
-
-    def _limit_value(self, typical: float) -> float:
-        limit = TRIP_FACTOR * max(self._first_typical or 0.0, typical)
-        return limit if limit <= FLOAT32_MAX else math.inf  # the limit is a float32 tensor
+        limit = TRIP_FACTOR * max(self._first_typical, typical)
+        self.limit = limit if limit <= FLOAT32_MAX else math.inf  # beyond float32 every finite loss is below it
 
     def tripped(self) -> bool:
-        """Whether the last recorded loss tripped the wire (False while its copy is still in flight)."""
-        if self._event is not None and not self._event.query():
+        """Whether a loss copied since the last call jumped or went non-finite (False while in flight)."""
+        if not self._untested or (self._event is not None and not self._event.query()):
             return False
-        return not self._host[0]
+        untested, self._untested = self._untested, []
+        # |loss|: objectives such as negative log-likelihoods can be negative. NaN and Inf fail the
+        # comparison too (strict: Inf is not below an infinite limit), so one test covers both.
+        return any(not abs(float(self._values[offset])) < self.limit * count for offset, count in untested)
