@@ -143,7 +143,9 @@ def snapshot_record(snapshot: torchhealth.Snapshot) -> dict:
 def train(model: nn.Module, monitor: torchhealth.Monitor, optimizer, rank: int, steps: int, counter: Collectives,
           fault=None) -> dict:
     """A plain loop: forward, backward, monitor.step, optimizer.step. Records what the monitor saw."""
-    record = {"alerts": [], "snapshots": [], "collectives": [], "raised_at": None}
+    # A check's statistics are read one step later when they stay on a GPU (NCCL reduces them there)
+    record = {"alerts": [], "snapshots": [], "collectives": [], "raised_at": None,
+              "read_lag": int(DEVICE.type == "cuda" and dist.get_backend() == "nccl")}
     last = None
     for step in range(steps):
         x, y = batch(rank, step)
