@@ -30,7 +30,7 @@ if [ "$DEVICE" = cuda ]; then
     "tests/robustness/test_odd_models.py::test_model_moved_between_devices_after_attaching"
   part 60 no_sync python3 benchmarks/no_sync_check.py --device cuda --models resnet50,mlp24 --steps 32 --out "$FINAL/no_sync.md"
   part 50 overhead_mlp python3 benchmarks/overhead.py --device cuda --models mlp24 --rounds 20 --budget-s 25 --out "$WORK/mlp.md"
-  part 50 overhead_mlp_b2048 python3 benchmarks/overhead.py --device cuda --models mlp24_b2048 --rounds 20 --budget-s 25 --out "$WORK/mlp_steps.md"
+  part 50 overhead_mlp_b2048 python3 benchmarks/overhead.py --device cuda --models mlp24_b2048 --rounds 20 --budget-s 25 --out "$WORK/mlp2048.md"
   part 110 overhead_resnet python3 benchmarks/overhead.py --device cuda --models resnet50 --rounds 12 --warmup 1 --budget-s 70 --out "$WORK/resnet.md"
   # DDP scenarios only: FSDP with two ranks sharing one GPU crashed (SIGSEGV) on this machine (docs/distributed.md)
   part 80 distributed env OUT="$WORK/dist" SCENARIOS="${DIST_SCENARIOS:-ddp_data fault_every_rank fault_one_rank dead_everywhere raise raise_test_rule watch_accumulate}" \
@@ -39,7 +39,7 @@ else  # a short dry run of this script on the CPU
   part 120 no_sync python3 benchmarks/no_sync_check.py --device cpu --models mlp16 --steps 12 --out "$FINAL/no_sync.md"
   part 60 overhead_mlp python3 benchmarks/overhead.py --device cpu --models mlp16 --rounds 10 --warmup 1 --out "$WORK/mlp.md"
 fi
-cat "$WORK"/mlp.md "$WORK"/resnet.md "$WORK"/mlp_steps.md > "$FINAL/overhead_cuda.md" 2>/dev/null
+cat "$WORK"/mlp.md "$WORK"/resnet.md "$WORK"/mlp2048.md > "$FINAL/overhead_cuda.md" 2>/dev/null
 cat "$WORK"/dist/*.pytest.txt "$WORK"/dist.log > "$FINAL/distributed.txt" 2>/dev/null
 cp "$WORK/pytest_cuda.log" "$FINAL/pytest_cuda.txt" 2>/dev/null
 say "done"
