@@ -1,7 +1,8 @@
 """Step-time and memory overhead of torchhealth vs plain training and the usual ways of monitoring.
 
-Every arm trains the SAME model and optimizer in turn, in interleaved blocks (A B C D E, B C D E A,
-... rounds), so that no arm gains from a luckier copy of the model in memory:
+Every arm trains the SAME model and optimizer in turn, in interleaved blocks (each round runs every
+arm once, in a shuffled order), so that no arm gains from a luckier copy of the model in memory or
+from always following the same arm:
 
 - ``plain``: forward, backward, optimizer step.
 - ``plain_again``: the same again: an A/A control, whose "overhead" is the resolution of the
@@ -35,6 +36,7 @@ import argparse
 import copy
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -237,7 +239,7 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
             per_step: bool = False, arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
     """Interleaved rounds of ``block_steps`` steps per arm; returns per-arm step times and ratios.
 
-    A round runs each arm's block in turn, starting with a different arm each round. With
+    A round runs each arm's block in turn, in a shuffled order (seeded by the round). With
     ``per_step`` every step is timed and classed by kind (the monitor's log step, check steps,
     the step after a check, the step before a log step, other steps; one kind for the other
     arms), each kind's time is its median over all rounds, and an arm's step time is the
@@ -257,7 +259,7 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
         peak: dict[str, int] = {a: 0 for a in arms}
         state = 0
         for r in range(warmup + rounds):
-            order = arms[r % len(arms):] + arms[:r % len(arms)]
+            order = random.Random(r).sample(arms, len(arms))  # no arm always follows the same one
             for arm in order:
                 sync(device)
                 if device.type == "cuda":

@@ -84,6 +84,7 @@ class GradientCollector(Collector):
         self.device = device
         self.per_parameter = per_parameter
         self.index = LayerIndex(params, copies)
+        self.names = [name for name, _, _ in params]
         self._zero: torch.Tensor | None = None  # stands in for a missing gradient (one tensor, made once)
 
     def state(self) -> State:
@@ -100,16 +101,20 @@ class GradientCollector(Collector):
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
         if "sq" not in state:
             return
-        sq, present = self.index.whole(state["sq"]), state["present"]
-        has = self.index.per_layer(present) > 0
+        sq, present = self.index.whole(state["sq"]), state["present"] > 0
         norms = np.sqrt(self.index.per_layer(sq))
-        layers = [layer for layer, ok in zip(self.index.layers, has) if ok]
-        file_values(snapshot, "grad_norm", layers, norms[has])
+        if present.all():  # the usual case: no masks to build
+            layers, names, param_sq = self.index.layers, self.names, sq
+        else:
+            has = self.index.per_layer(present.astype(np.float64)) > 0
+            layers, norms = [layer for layer, ok in zip(self.index.layers, has) if ok], norms[has]
+            names, param_sq = [name for name, ok in zip(self.names, present) if ok], sq[present]
+        file_values(snapshot, "grad_norm", layers, norms)
         if present.any():
             file_values(snapshot, "grad_norm", [TOTAL], [math.sqrt(sq.sum())])
         if self.per_parameter:
-            names = [name for (name, _, _), ok in zip(self.params, present > 0) if ok]
-            file_values(snapshot, "param_grad_norm", names, np.sqrt(sq[present > 0]))
-        for layer, norm in zip(layers, norms[has]):
-            if not math.isfinite(norm):
-                snapshot.nonfinite.setdefault(f"grad:{layer}", snapshot.step)
+            file_values(snapshot, "param_grad_norm", names, np.sqrt(param_sq))
+        if not np.isfinite(norms).all():
+            for layer, norm in zip(layers, norms):
+                if not math.isfinite(norm):
+                    snapshot.nonfinite.setdefault(f"grad:{layer}", snapshot.step)
