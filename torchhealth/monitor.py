@@ -153,12 +153,9 @@ class Monitor:
         if self._reading is not None:  # the last check's copy from the GPU: read it now, one step later
             new += self.guard.call("check", self._finish_check, default=[])
         step = self.step_count
-        # read before this step's loss is recorded: on a GPU its copy of the flag is still in flight
-        tripped = self.guard.call("collector loss", self.loss_collector.tripped, default=False)
-        if loss is not None:
-            self.log_loss(loss)
-        self.guard.call("collector loss", self.loss_collector.end_step, step - self._interval_start)
-        self.guard.call("collector activations", self.activations.file_step, step - self._interval_start)
+        offset = step - self._interval_start
+        tripped = self.guard.call("collector loss", self.loss_collector.on_step, loss, offset, default=False)
+        self.guard.call("collector activations", self.activations.file_step, offset)
         if val_loss is not None:
             self.log_validation(val_loss)
         scheduled = step % self.options.check_every == 0
@@ -172,7 +169,9 @@ class Monitor:
         if self.weights is not None and (step + 1) % self.options.log_every == 0:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
-        self.activations.sampling = self.step_count % self.options.sample_every == 0
+        sampling = self.step_count % self.options.sample_every == 0
+        if sampling != self.activations.sampling:
+            self.activations.sampling = sampling
         self._deliver(new)
         return new
 

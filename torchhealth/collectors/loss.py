@@ -40,6 +40,19 @@ class LossCollector(Collector):
         self._losses[offset].append(value)
         self._counts[offset] += 1
 
+    def on_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
+        """One training step: tests the previous steps' losses, records this one's, closes the step.
+
+        Returns:
+            Whether the trip-wire asks for an early check (tested before this step's loss is
+            recorded: on a GPU its copy to the host is still in flight).
+        """
+        tripped = self.tripped()
+        if loss is not None:
+            self.record(loss, offset)
+        self.end_step(offset)
+        return tripped
+
     def end_step(self, offset: int) -> None:
         """Closes the step at ``offset``: its micro-batch losses are summed and the trip-wire tests it."""
         if not 0 <= offset < len(self._losses) or not self._losses[offset]:
