@@ -22,7 +22,7 @@ def trips(losses, check_every=10):
         if step % check_every == 0:  # a check: the reference follows the interval's finite losses
             finite = [v for v in interval if math.isfinite(v)]
             if finite:
-                wire.set_typical(sum(finite) / len(finite))
+                wire.set_typical(sum(finite) / len(finite), len(finite))
             interval = []
     return out
 
@@ -37,8 +37,9 @@ def test_jumps_and_nonfinite_losses_trip(bad):
     assert trips([2.0, 1.9, 1.8, bad]) == [False, False, False, True]
 
 def test_the_reference_follows_the_loss_but_never_drops_below_the_start():
-    rising = [1.0] * 11 + [2.5] * 10 + [6.0]  # 6.0 is within 3x of the risen typical loss (2.5)
+    rising = [1.0] * 11 + [2.5] * 30 + [6.0]  # 6.0 is within 3x of the risen running mean (about 2.45)
     assert not any(trips(rising))
+    assert trips([1.0] * 11 + [2.5] * 10 + [6.0])[-1], "a fresh rise moves the running mean only part of the way"
     assert trips([1.0] * 11 + [0.1] * 10 + [2.9, 3.1])[-2:] == [False, True]  # 3x the first typical loss
 
 

@@ -116,7 +116,7 @@ class LossCollector(Collector):
         if finite:
             snapshot.loss = sum(total for total, _ in finite) / sum(n for _, n in finite)
             if self.tripwire is not None:  # what a normal step's loss is now: the trip-wire's reference
-                self.tripwire.set_typical(sum(abs(total / n) for total, n in finite) / len(finite))
+                self.tripwire.set_typical(sum(abs(total / n) for total, n in finite) / len(finite), len(finite))
         bad = next((offset for offset, total in enumerate(losses) if not math.isfinite(total)), None)
         if bad is not None:
             snapshot.nonfinite["loss"] = interval_start + bad

@@ -15,7 +15,9 @@ import torch
 FLOAT32_MAX = torch.finfo(torch.float32).max
 TRIP_FACTOR = 3.0
 """|loss| trips the wire above this multiple of its reference: the larger of the typical |loss| of
-the first check interval and of the latest one read."""
+the first check interval and a running mean of |loss| over the steps since."""
+DECAY = 0.9
+"""Weight of the past in that running mean, per step."""
 
 
 class LossTripwire:
@@ -30,6 +32,7 @@ class LossTripwire:
     def __init__(self, interval: int, device: torch.device) -> None:
         self.limit = math.inf  # until the first check has set a reference
         self._first_typical: float | None = None
+        self._mean: float | None = None
         self._untested: list[tuple[int, int]] = []  # (offset, losses summed there) copied but not yet tested
         self._buffers(interval, device)
 
@@ -49,11 +52,17 @@ class LossTripwire:
             self._event.record()
         self._untested.append((offset, count))
 
-    def set_typical(self, typical: float) -> None:
-        """Sets the reference from a check: ``typical`` is the mean |loss| of its interval's finite losses."""
+    def set_typical(self, typical: float, steps: int = 1) -> None:
+        """Sets the reference from a check: ``typical`` is the mean |loss| of its ``steps`` finite step losses.
+
+        The running mean moves as a per-step running mean would (``DECAY`` per step), so a loss that
+        keeps growing keeps tripping the wire instead of carrying the reference up with it.
+        """
         if self._first_typical is None:
-            self._first_typical = typical
-        limit = TRIP_FACTOR * max(self._first_typical, typical)
+            self._first_typical = self._mean = typical
+        past = DECAY ** steps
+        self._mean = past * self._mean + (1 - past) * typical
+        limit = TRIP_FACTOR * max(self._first_typical, self._mean)
         self.limit = limit if limit <= FLOAT32_MAX else math.inf  # beyond float32 every finite loss is below it
 
     def tripped(self) -> bool:
