@@ -192,3 +192,17 @@ def test_a_failed_check_stops_monitoring_and_removes_its_hooks(caplog):
     one_step(model, monitor)
     assert all_hooks(model) == 0 and monitor.collectors == {}
     monitor.close()
+
+
+def test_a_loss_changed_in_place_after_recording_keeps_its_recorded_value(strict_monitor):
+    """The Hugging Face Trainer scales its loss in place (``loss *= ...``) after the forward hook saw it."""
+    model = torch.nn.Linear(2, 1)
+    monitor = strict_monitor(model, check_every=2, log_every=2)
+    model(torch.randn(3, 2)).pow(2).mean().backward()
+    loss = torch.tensor(1.5)
+    monitor.log_loss(loss)
+    loss *= 100
+    monitor.step()
+    monitor.flush()
+    assert monitor.last_snapshot.loss == 1.5
+    assert not monitor.loss_collector.tripped(), "the trip-wire saw the recorded value, not the scaled one"

@@ -248,7 +248,7 @@ def test_model_moved_between_devices_after_attaching(start, end):
     assert monitor.last_snapshot.stats["grad_norm"]["fc2"] == pytest.approx(expected, rel=1e-5)
     assert monitor.last_snapshot.loss == pytest.approx(loss.item())
     device = torch.device(end).type
-    assert monitor.loss_collector._val.device.type == device, "loss state follows the loss"
+    assert monitor.loss_collector.losses.flags.device.type == device, "loss state follows the loss"
     assert {s.fires.device.type for s in monitor.activations.sites.values()} == {device}
     optimizer.step()
     optimizer.zero_grad()

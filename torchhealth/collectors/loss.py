@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from torchhealth.collectors.base import Arrays, Collector, State
+from torchhealth.collectors.base import Arrays, Collector, State, StepFlags
 from torchhealth.collectors.tripwire import LossTripwire
 from torchhealth.snapshot import Snapshot
 
@@ -17,27 +17,27 @@ FLOAT32_MAX = torch.finfo(torch.float32).max
 class LossCollector(Collector):
     """Mean finite loss per check interval, plus the step where the loss first went non-finite.
 
-    Recording a loss launches nothing: the (detached) loss tensors of the interval are kept, a
-    few bytes each, and stacked into one per-step vector at the check. ``end_step`` hands each
-    step's loss to the trip-wire, whose copy to the host is the only per-step device work.
+    Recording a loss is one in-place add into the step's slot of a per-step device vector: the
+    value is captured at once (a training loop may change the loss tensor in place afterwards, as
+    the Hugging Face Trainer's ``loss *= ...`` does). ``end_step`` hands the step's slot to the
+    trip-wire, whose copy to the host is the only other per-step device work.
     """
 
     def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
         self.device = device
         self.tripwire = LossTripwire(interval, device) if tripwire else None
         with torch.inference_mode(False):  # stays updatable if the monitor is built inside inference_mode()
+            self.losses = StepFlags(interval, device)  # each step's loss (micro-batches summed) at its offset
             self._val = torch.zeros(2, device=device)  # [sum of validation losses, count]
-        self._losses: list[list[torch.Tensor]] = [[] for _ in range(interval)]  # each step's losses, by offset
-        self._counts = [0] * interval  # losses recorded at each offset (micro-batches of one step add up)
-        self._zero: torch.Tensor | None = None  # stands in for a step without a loss
+        self._counts = [0] * interval  # losses recorded at each offset (known on the host without a sync)
 
     def record(self, loss: torch.Tensor | float, offset: int) -> None:
         """Adds one training loss (of a step or a micro-batch); ``offset`` is the step's place in the interval."""
-        if not 0 <= offset < len(self._losses):
+        if not 0 <= offset < len(self._counts):
             return
         value = self._as_scalar(loss)
         self._follow(value.device)
-        self._losses[offset].append(value)
+        self.losses.mark(offset, value)
         self._counts[offset] += 1
 
     def on_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
@@ -54,14 +54,9 @@ class LossCollector(Collector):
         return tripped
 
     def end_step(self, offset: int) -> None:
-        """Closes the step at ``offset``: its micro-batch losses are summed and the trip-wire tests it."""
-        if not 0 <= offset < len(self._losses) or not self._losses[offset]:
-            return
-        losses = self._losses[offset]
-        if len(losses) > 1:
-            losses[:] = [torch.stack(self._here(losses)).sum()]
-        if self.tripwire is not None:
-            self.tripwire.record(losses[0], self._counts[offset], offset)
+        """Closes the step at ``offset``: the trip-wire copies its loss (micro-batches summed) to the host."""
+        if self.tripwire is not None and 0 <= offset < len(self._counts) and self._counts[offset]:
+            self.tripwire.record(self.losses.slot(offset), self._counts[offset], offset)
 
     def tripped(self) -> bool:
         """Whether the trip-wire asks for an early check (see collectors/tripwire.py)."""
@@ -92,20 +87,13 @@ class LossCollector(Collector):
             self.device = device
             with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
                 self._val = self._val.to(device)
-
-    def _here(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [t if t.device == self.device else t.to(self.device) for t in tensors]
+                self.losses.to(device)
 
     def state(self) -> State:
         # Always the same layout, recorded or not: a rank that saw no loss still joins the reduction,
         # and the counts it adds (zero) say whether any rank recorded one.
-        if self._zero is None or self._zero.device != self.device:
-            self._zero = torch.zeros((), device=self.device)
-        steps = [losses[0] if len(losses) == 1 else torch.stack(self._here(losses)).sum() if losses else self._zero
-                 for losses in self._losses]
         counts = torch.tensor(self._counts, dtype=torch.float32)  # host side: no upload
-        return {"losses": (torch.stack(self._here(steps)), "sum"), "counts": (counts, "sum"),
-                "val_loss": (self._val, "sum")}
+        return {"losses": (self.losses.flags, "sum"), "counts": (counts, "sum"), "val_loss": (self._val, "sum")}
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
         if "losses" not in state:
@@ -126,5 +114,5 @@ class LossCollector(Collector):
 
     def reset_interval(self) -> None:
         self._val.zero_()
-        self._losses = [[] for _ in self._losses]
+        self.losses.reset()
         self._counts = [0] * len(self._counts)

@@ -51,6 +51,7 @@ class LossTripwire:
         if self._event is not None:
             self._event.record()
         self._untested.append((offset, count))
+        del self._untested[:-len(self._views)]  # a slot copied again replaces its older value
 
     def set_typical(self, typical: float, steps: int = 1) -> None:
         """Sets the reference from a check: ``typical`` is the mean |loss| of its ``steps`` finite step losses.
