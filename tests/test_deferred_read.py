@@ -107,3 +107,19 @@ def test_state_dict_and_close_include_a_pending_check(read_later):
     other.close()  # the pending check is read and checked before the monitor goes
     assert other.last_snapshot.step == 0 and other.last_snapshot.loss == 2.0
     monitor.close()
+
+
+def test_a_critical_alert_read_by_state_dict_is_raised_at_the_next_step(read_later):
+    """A checkpoint taken between a check and its read must not move the raise (ranks would disagree)."""
+    model = nn.Linear(2, 1)
+    monitor = torchhealth.Monitor(model, check_every=5, on_alert="raise")
+    loss = model(torch.randn(3, 2)).sum() * float("nan")
+    loss.backward()
+    monitor.step(loss)
+    state = monitor.state_dict()  # reads the pending check without raising
+    assert [a["kind"] for a in state["alerts"]] == ["nonfinite"]
+    with pytest.raises(TrainingHealthError) as caught:
+        monitor.step(loss.detach())  # where the read, and so the raise, would have happened anyway
+    assert caught.value.alert.kind == "nonfinite"
+    monitor.step(loss.detach())  # raised once, not again
+    monitor.close()

@@ -87,6 +87,7 @@ class Monitor:
         self._interval_start = 0
         self._forced_checks = 0
         self._reading: _Reading | None = None
+        self._owed_raise: Alert | None = None  # a critical alert read by state_dict(), raised at the next step
         self.last_snapshot: Snapshot | None = None
         self._closed = False
         self._attached: list[Any] = []
@@ -173,6 +174,9 @@ class Monitor:
         if sampling != self.activations.sampling:
             self.activations.sampling = sampling
         self._deliver(new)
+        if self._owed_raise is not None:
+            owed, self._owed_raise = self._owed_raise, None
+            raise TrainingHealthError(owed)
         return new
 
     def log_validation(self, loss: torch.Tensor | float) -> None:
@@ -198,9 +202,15 @@ class Monitor:
 
         Save it with the model's checkpoint; it holds plain Python values only, so
         ``torch.load(..., weights_only=True)`` reads it back. A check still being read from the
-        GPU is read first, so that its history and alerts are in the checkpoint.
+        GPU is read first, so that its history and alerts are in the checkpoint; with
+        ``on_alert="raise"`` a critical alert among them is raised by the next ``step()``, where
+        it would have been raised without the checkpoint (under torch.distributed a checkpoint
+        saved on one rank only must not move that rank's raise).
         """
-        self._flush(may_raise=False)  # saving a checkpoint must not raise
+        alerts = self._flush(may_raise=False)  # saving a checkpoint must not raise
+        critical = [a for a in alerts if a.severity == "critical"]
+        if self._raise_on_critical and critical and self._owed_raise is None:
+            self._owed_raise = critical[0]
         return {
             "version": STATE_VERSION,
             "step": self.step_count,
