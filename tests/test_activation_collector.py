@@ -219,3 +219,20 @@ def test_evaluation_forwards_between_steps_are_not_counted(strict_monitor):
     snap = run(monitor, model, x)
     ref = torch.relu(model[0](x))
     assert snap.stats["zero_fraction"]["1"] == pytest.approx(float((ref == 0).float().mean()))
+
+
+def test_many_fp16_calls_of_one_module_in_a_step_raise_no_false_nonfinite(strict_monitor):
+    """Calls past the per-module site cap share a site; their fp16 maxima must not add up to inf."""
+    class Repeated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return sum(self.act(x).float().sum() for _ in range(40))
+
+    model = Repeated()
+    monitor = strict_monitor(model)
+    monitor.step(model(torch.full((4, 8), 3000.0, dtype=torch.float16)))
+    assert monitor.last_snapshot.nonfinite == {}
+    assert monitor.last_snapshot.stats["zero_fraction"]["act#15"] == 0.0

@@ -109,17 +109,25 @@ def test_state_dict_and_close_include_a_pending_check(read_later):
     monitor.close()
 
 
-def test_a_critical_alert_read_by_state_dict_is_raised_at_the_next_step(read_later):
-    """A checkpoint taken between a check and its read must not move the raise (ranks would disagree)."""
+def test_alerts_read_by_state_dict_come_from_the_next_step(read_later):
+    """A checkpoint taken between a check and its read must not move the alerts or the raise."""
     model = nn.Linear(2, 1)
-    monitor = torchhealth.Monitor(model, check_every=5, on_alert="raise")
+    sent = []
+    monitor = torchhealth.Monitor(model, check_every=5, on_alert=[sent.append])
     loss = model(torch.randn(3, 2)).sum() * float("nan")
     loss.backward()
     monitor.step(loss)
-    state = monitor.state_dict()  # reads the pending check without raising
-    assert [a["kind"] for a in state["alerts"]] == ["nonfinite"]
-    with pytest.raises(TrainingHealthError) as caught:
-        monitor.step(loss.detach())  # where the read, and so the raise, would have happened anyway
-    assert caught.value.alert.kind == "nonfinite"
-    monitor.step(loss.detach())  # raised once, not again
+    monitor.state_dict()  # reads the pending check (the sinks get its alert now, once)
+    assert [a.kind for a in sent] == ["nonfinite"]
+    assert [a.kind for a in monitor.step(loss.detach())] == ["nonfinite"]  # what a loop acts on
+    assert len(sent) == 1 and monitor.step(loss.detach()) == []
     monitor.close()
+
+    raising = torchhealth.Monitor(nn.Linear(2, 1), check_every=5, on_alert="raise")
+    raising.step(torch.tensor(float("nan")))
+    raising.state_dict()  # does not raise
+    with pytest.raises(TrainingHealthError) as caught:
+        raising.step(torch.tensor(1.0))  # where the read, and so the raise, would have happened anyway
+    assert caught.value.alert.kind == "nonfinite"
+    raising.step(torch.tensor(1.0))  # raised once, not again
+    raising.close()

@@ -87,7 +87,7 @@ class Monitor:
         self._interval_start = 0
         self._forced_checks = 0
         self._reading: _Reading | None = None
-        self._owed_raise: Alert | None = None  # a critical alert read by state_dict(), raised at the next step
+        self._carried: list[Alert] = []  # alerts state_dict() read early: step() returns (and raises) them next
         self.last_snapshot: Snapshot | None = None
         self._closed = False
         self._attached: list[Any] = []
@@ -174,10 +174,11 @@ class Monitor:
         if sampling != self.activations.sampling:
             self.activations.sampling = sampling
         self._deliver(new)
-        if self._owed_raise is not None:
-            owed, self._owed_raise = self._owed_raise, None
-            raise TrainingHealthError(owed)
-        return new
+        carried, self._carried = self._carried, []  # already sent to the sinks by state_dict()
+        critical = [a for a in carried if a.severity == "critical"]
+        if self._raise_on_critical and critical:
+            raise TrainingHealthError(critical[0])
+        return carried + new
 
     def log_validation(self, loss: torch.Tensor | float) -> None:
         """Reports a validation loss; it appears in the next snapshot (and enables overfitting checks)."""
@@ -187,7 +188,8 @@ class Monitor:
         """Reads a check whose statistics are still on their way from the GPU, at once.
 
         Checks on a GPU are read at the next ``step()``; call this to have ``last_snapshot`` and
-        ``alerts`` up to date now (it waits for the copy). Nothing to do on the CPU.
+        ``alerts`` up to date now (it waits for the copy). Nothing to do on the CPU. Under
+        torch.distributed call it on every rank or on none: a rank that reads early also raises early.
 
         Returns:
             The alerts of that check (usually empty).
@@ -202,15 +204,12 @@ class Monitor:
 
         Save it with the model's checkpoint; it holds plain Python values only, so
         ``torch.load(..., weights_only=True)`` reads it back. A check still being read from the
-        GPU is read first, so that its history and alerts are in the checkpoint; with
-        ``on_alert="raise"`` a critical alert among them is raised by the next ``step()``, where
-        it would have been raised without the checkpoint (under torch.distributed a checkpoint
-        saved on one rank only must not move that rank's raise).
+        GPU is read first, so that its history and alerts are in the checkpoint; its alerts are
+        still returned (and, with ``on_alert="raise"``, raised) by the next ``step()``, where they
+        would have come without the checkpoint: under torch.distributed a checkpoint saved on one
+        rank only must not move that rank's raise.
         """
-        alerts = self._flush(may_raise=False)  # saving a checkpoint must not raise
-        critical = [a for a in alerts if a.severity == "critical"]
-        if self._raise_on_critical and critical and self._owed_raise is None:
-            self._owed_raise = critical[0]
+        self._carried += self._flush(may_raise=False)  # saving a checkpoint must not raise
         return {
             "version": STATE_VERSION,
             "step": self.step_count,
@@ -242,7 +241,7 @@ class Monitor:
         sent = {(a.kind, a.layer, a.message) for a in self.alerts}
         self._static_alerts = [a for a in self._static_alerts if (a.kind, a.layer, a.message) not in sent]
         self.step_count = self._interval_start = state["step"]
-        self._reading = None
+        self._reading, self._carried = None, []
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.reset_interval)
         self.activations.sampling = self.step_count % self.options.sample_every == 0

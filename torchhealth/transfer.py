@@ -38,8 +38,8 @@ class HostCopy:
             self._buffer.copy_(flat, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record(torch.cuda.current_stream(device))
-        else:
-            self._buffer = flat
+        else:  # the CPU, or another accelerator (MPS, XPU...): an ordinary copy, read at once
+            self._buffer = flat if flat.device.type == "cpu" else flat.cpu()
 
     @property
     def in_flight(self) -> bool:

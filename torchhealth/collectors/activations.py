@@ -257,7 +257,8 @@ class ActivationCollector(Collector):
         largest, counts = [], []
         for site in sites:
             seen, site.seen = site.seen, []
-            largest.append(seen[0][0] if len(seen) == 1 else sum(m for m, _, _, _ in seen))
+            # several calls in one step: their largest output (a sum could overflow in fp16)
+            largest.append(seen[0][0] if len(seen) == 1 else torch.stack([m for m, _, _, _ in seen]).amax())
             counts.append(seen[0][1] if len(seen) == 1 else sum(c for _, c, _, _ in seen))
             site.numel += sum(numel for _, _, numel, _ in seen)
             site.window_samples += sum(samples for _, _, _, samples in seen)

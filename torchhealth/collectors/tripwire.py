@@ -49,7 +49,7 @@ class LossTripwire:
             self._buffers(len(self._views), total.device)  # the model moved between CPU and GPU after attaching
         self._views[offset].copy_(total, non_blocking=True)
         if self._event is not None:
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(total.device))
         self._untested.append((offset, count))
         del self._untested[:-len(self._views)]  # a slot copied again replaces its older value
 
