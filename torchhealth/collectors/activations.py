@@ -39,8 +39,8 @@ FUNCTIONAL_ACTIVATIONS: dict[Callable[..., Any], str] = {
 class Site:
     """Running statistics of one activation site, on the device of its outputs.
 
-    A sampled forward costs three small kernels at a ReLU site (amax; sign, sum) and four at a
-    sigmoid/tanh site; ``ActivationCollector.file_step`` adds them into the running state for all
+    A sampled forward costs three small kernels at a ReLU site (amax; sign, sum), four at a tanh
+    site and five at a sigmoid site; ``ActivationCollector.file_step`` adds them into the running state for all
     sites at once, and everything derived (zero fraction, window totals) is computed at the check.
     """
 
@@ -248,7 +248,8 @@ class ActivationCollector(Collector):
         """Files what this step's forwards saw under the step's ``offset`` in the check interval.
 
         Called by the monitor once per step, outside the forward; returns at once on steps whose
-        forwards were not sampled. Two launches for all sites, no host synchronization.
+        forwards were not sampled. Two launches for all sites (and one more for each site called
+        several times in the step), no host synchronization.
         """
         if not self._observed:
             return
@@ -278,7 +279,7 @@ class ActivationCollector(Collector):
             return [t if t.device == device else t.to(device) for t in tensors]
 
         self._counted = [s.window_samples for s in order]
-        return {  # four launches; the rest is host numbers, computed with in ``finish``
+        return {  # four launches; the rest are host numbers, used in ``finish``
             "fires": (torch.cat(gather([s.fires for s in order])), "sum"),
             "positive": (torch.cat(gather([s.positive for s in order])), "sum"),
             "off": (torch.stack(gather([s.off for s in order])), "sum"),
