@@ -353,3 +353,12 @@ def test_trap_the_start_of_a_long_run_is_not_forgotten_when_old_checks_are_dropp
     losses = [2.1, 1.0, 0.4] + [0.111] * 300
     assert run(LossPlateau(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
     assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
+
+
+@pytest.mark.parametrize("best", [0.0, -2.0])
+def test_overflow_after_a_best_loss_of_zero_or_below_claims_no_growth(best):
+    """Found by the property test: a zero best loss divided by zero; a negative one gave negative growth."""
+    detector, facts = ExplodingGradient(), ModelFacts()
+    for step, norm in enumerate([1.0, 1.0, float("nan")]):
+        snapshot = Snapshot(step=10 * step, stats={"grad_norm": {"fc1": norm, TOTAL: norm}}, loss=best)
+        assert detector.check(snapshot, facts) == []

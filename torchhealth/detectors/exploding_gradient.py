@@ -77,7 +77,10 @@ class ExplodingGradient(Detector):
 
         A NaN loss that appears without growth (log(0), 0/0) is the ``nonfinite`` detector's alone.
         """
-        if not history or best_loss is None or snapshot.loss is None or snapshot.loss < CRITICAL_GROWTH * best_loss:
+        # growth is a ratio to the best loss: undefined for a best loss of zero or below (losses such as
+        # negative log-likelihoods), where nothing is claimed
+        if (not history or best_loss is None or best_loss <= 0 or snapshot.loss is None
+                or snapshot.loss < CRITICAL_GROWTH * best_loss):
             return []
         growth = snapshot.loss / best_loss
         evidence = {"norm": norm, "reference_norm": self.first("norm", 1)[0], "healthy_norm": max(self.first("norm", 1)[0], median(history)),
