@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Hashable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -19,12 +20,12 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def reduce_state(state: dict[Hashable, tuple[torch.Tensor, str]]) -> dict[Hashable, torch.Tensor]:
+def reduce_state(state: dict[Hashable, tuple[torch.Tensor | np.ndarray, str]]) -> dict[Hashable, torch.Tensor | np.ndarray]:
     """Reduces every collector's raw state across ranks with ONE all-reduce.
 
     All state is additive: ``"sum"`` entries are summed, ``"mean"`` entries (values that are the same
-    on every rank) are summed then divided by the world size. Without a process group this returns
-    the tensors unchanged.
+    on every rank) are summed then divided by the world size. Host-side numpy arrays join the
+    reduction as tensors. Without a process group this returns the state unchanged.
 
     Every rank must call this on the same check steps with the same names and shapes (collectors
     keep their state's layout independent of rank-local data), or the collective fails.
@@ -34,15 +35,20 @@ def reduce_state(state: dict[Hashable, tuple[torch.Tensor, str]]) -> dict[Hashab
         return {name: tensor for name, (tensor, _) in state.items()}
     device = _collective_device()
     names = list(state)
-    flat = torch.cat([to_device(state[n][0].detach().float().reshape(-1), device) for n in names])
+    flat = torch.cat([to_device(_as_tensor(state[n][0]).detach().float().reshape(-1), device) for n in names])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     out, start = {}, 0
     for name in names:
-        tensor, op = state[name]
-        part = flat[start:start + tensor.numel()].reshape(tensor.shape)
+        values, op = state[name]
+        size = math.prod(values.shape)
+        part = flat[start:start + size].reshape(values.shape)
         out[name] = part / world if op == "mean" else part
-        start += tensor.numel()
+        start += size
     return out
+
+
+def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(values) if isinstance(values, np.ndarray) else values
 
 
 def replica_counts(model: nn.Module, params: list[tuple[str, str, torch.Tensor]]) -> list[float]:

@@ -16,18 +16,22 @@ class HostCopy:
     queued behind the check while the host has not yet asked for the numbers. On the CPU there is
     nothing to wait for. Either way the tensors are copied at once, so they may change afterwards.
 
-    Tensors already on the CPU (host-side counts) are read directly: joining them to the device
-    tensors would upload them first, a synchronization of its own.
+    Values already on the host (numpy arrays, and CPU tensors next to GPU ones) are read directly:
+    joining them to the device tensors would upload them first, a synchronization of its own.
 
     Args:
-        tensors: Tensors of any shape; read back as float32 numpy arrays of the same shapes.
+        tensors: Tensors or numpy arrays of any shape; read back as float32 numpy arrays of the
+            same shapes (numpy arrays as given: they must not change afterwards).
     """
 
-    def __init__(self, tensors: list[torch.Tensor]) -> None:
+    def __init__(self, tensors: list[torch.Tensor | np.ndarray]) -> None:
+        device = next((t.device for t in tensors if isinstance(t, torch.Tensor) and t.device.type != "cpu"),
+                      torch.device("cpu"))
+        self._joined = [isinstance(t, torch.Tensor) and (t.device.type != "cpu" or device.type == "cpu")
+                        for t in tensors]
         self._shapes = [tuple(t.shape) for t in tensors]
-        device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
-        self._joined = [t.device.type != "cpu" or device.type == "cpu" for t in tensors]
-        self._host_side = [_flat(t).numpy().copy() for t, joined in zip(tensors, self._joined) if not joined]
+        self._host_side = [t if isinstance(t, np.ndarray) else _flat(t).numpy().copy().reshape(t.shape)
+                           for t, joined in zip(tensors, self._joined) if not joined]
         self._event: torch.cuda.Event | None = None
         joined = [_flat(t) for t, j in zip(tensors, self._joined) if j]
         if any(t.device != device for t in joined):  # state left on another device (a model spread over GPUs)

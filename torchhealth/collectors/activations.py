@@ -18,7 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, first_nonfinite
+from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, first_nonfinite, host_values
 from torchhealth.facts import ModelFacts
 from torchhealth.safety import Guard
 from torchhealth.layers import ROOT_NAME, activation_kind, clean_name, unit_axis, unwrap
@@ -284,8 +284,8 @@ class ActivationCollector(Collector):
             "positive": (torch.cat(gather([s.positive for s in order])), "sum"),
             "off": (torch.stack(gather([s.off for s in order])), "sum"),
             "markers": (torch.stack(gather([s.flags.flags for s in order])), "sum"),
-            "numel": (torch.tensor([float(s.numel) for s in order]), "sum"),
-            "samples": (torch.tensor([float(c) for c in self._counted]), "sum"),
+            "numel": (host_values(s.numel for s in order), "sum"),
+            "samples": (host_values(self._counted), "sum"),
         }
 
     def _layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -3,9 +3,10 @@
 A check works in three phases, the same for every collector:
 
 1. ``state()``, at the check: raw tensors, each with its cross-rank reduction (``"sum"`` or
-   ``"mean"``), made with as few device operations as possible. Everything a collector keeps is
-   additive, so under torch.distributed one all-reduce serves all collectors; then ONE copy
-   brings every tensor to the host (``transfer.HostCopy``).
+   ``"mean"``), made with as few device operations as possible. Numbers the host already knows
+   (counts, shapes) are numpy arrays: they become tensors only to join a cross-rank reduction.
+   Everything a collector keeps is additive, so under torch.distributed one all-reduce serves all
+   collectors; then ONE copy brings every tensor to the host (``transfer.HostCopy``).
 2. ``reset_interval()``, at the check: clears per-interval state (queued after that copy).
 3. ``finish(state, snapshot, interval_start)``, on the host once the copy has landed (from a GPU,
    at the next step): numpy arithmetic on the raw state (per-layer sums, ratios, the first
@@ -17,14 +18,14 @@ in numpy, where each operation on the device would cost a kernel launch (on a CP
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Tuple, Union
 
 import numpy as np
 import torch
 
 from torchhealth.snapshot import Snapshot
 
-State = Dict[str, Tuple[torch.Tensor, str]]
+State = Dict[str, Tuple[Union[torch.Tensor, np.ndarray], str]]
 Arrays = Dict[str, np.ndarray]
 
 
@@ -32,7 +33,7 @@ class Collector:
     """Base class of one statistic family's collector."""
 
     def state(self) -> State:
-        """Returns ``{name: (tensor, "sum" | "mean")}``: additive raw state to reduce across ranks and read."""
+        """Returns ``{name: (tensor or host array, "sum" | "mean")}``: additive raw state to reduce and read."""
         return {}
 
     def reset_interval(self) -> None:
@@ -52,6 +53,11 @@ class Collector:
 
     def close(self) -> None:
         """Removes hooks and frees state."""
+
+
+def host_values(values: Iterable[float]) -> np.ndarray:
+    """Host-side numbers of a check's state, as float32 like the device state they travel with."""
+    return np.fromiter(values, dtype=np.float32)
 
 
 def file_values(snapshot: Snapshot, family: str, layers: Iterable[str], values: Iterable[float]) -> None:

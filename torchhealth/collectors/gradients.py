@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from torchhealth.collectors.base import Arrays, Collector, State, file_values
+from torchhealth.collectors.base import Arrays, Collector, State, file_values, host_values
 from torchhealth.snapshot import TOTAL, Snapshot
 
 ParamEntry = tuple[str, str, torch.nn.Parameter]
@@ -95,7 +95,7 @@ class GradientCollector(Collector):
             self._zero = torch.zeros((), device=self.device)
         grads = [local_tensor(p.grad) if p.grad is not None else self._zero for _, _, p in self.params]
         # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
-        present = torch.tensor([float(p.grad is not None) for _, _, p in self.params])  # host side: no upload
+        present = host_values(p.grad is not None for _, _, p in self.params)
         return {"sq": (squared_norms(grads, self.device), "sum"), "present": (present, "sum")}
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
-from torchhealth.collectors.base import Arrays, Collector, State, StepFlags
+from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, host_values
 from torchhealth.collectors.tripwire import LossTripwire
 from torchhealth.snapshot import Snapshot
 
@@ -20,7 +21,8 @@ class LossCollector(Collector):
     Recording a loss is one in-place add into the step's slot of a per-step device vector: the
     value is captured at once (a training loop may change the loss tensor in place afterwards, as
     the Hugging Face Trainer's ``loss *= ...`` does). ``end_step`` hands the step's slot to the
-    trip-wire, whose copy to the host is the only other per-step device work.
+    trip-wire: from a GPU its copy to the host is the only other per-step device work; on the CPU
+    the trip-wire reads the slot's memory directly.
     """
 
     def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
@@ -29,6 +31,7 @@ class LossCollector(Collector):
         with torch.inference_mode(False):  # stays updatable if the monitor is built inside inference_mode()
             self.losses = StepFlags(interval, device)  # each step's loss (micro-batches summed) at its offset
             self._val = torch.zeros(2, device=device)  # [sum of validation losses, count]
+        self._host_losses = self._host_view()
         self._counts = [0] * interval  # losses recorded at each offset (known on the host without a sync)
 
     def record(self, loss: torch.Tensor | float, offset: int) -> None:
@@ -56,7 +59,14 @@ class LossCollector(Collector):
     def end_step(self, offset: int) -> None:
         """Closes the step at ``offset``: the trip-wire copies its loss (micro-batches summed) to the host."""
         if self.tripwire is not None and 0 <= offset < len(self._counts) and self._counts[offset]:
-            self.tripwire.record(self.losses.slot(offset), self._counts[offset], offset)
+            if self._host_losses is not None:
+                self.tripwire.record_value(float(self._host_losses[offset]), self._counts[offset])
+            else:
+                self.tripwire.record(self.losses.slot(offset), self._counts[offset], offset)
+
+    def _host_view(self) -> np.ndarray | None:
+        """The per-step losses' memory as numpy, when they are on the CPU (read without a torch call)."""
+        return self.losses.flags.numpy() if self.losses.flags.device.type == "cpu" else None
 
     def tripped(self) -> bool:
         """Whether the trip-wire asks for an early check (see collectors/tripwire.py)."""
@@ -88,12 +98,13 @@ class LossCollector(Collector):
             with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
                 self._val = self._val.to(device)
                 self.losses.to(device)
+            self._host_losses = self._host_view()
 
     def state(self) -> State:
         # Always the same layout, recorded or not: a rank that saw no loss still joins the reduction,
         # and the counts it adds (zero) say whether any rank recorded one.
-        counts = torch.tensor(self._counts, dtype=torch.float32)  # host side: no upload
-        return {"losses": (self.losses.flags, "sum"), "counts": (counts, "sum"), "val_loss": (self._val, "sum")}
+        return {"losses": (self.losses.flags, "sum"), "counts": (host_values(self._counts), "sum"),
+                "val_loss": (self._val, "sum")}
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
         if "losses" not in state:

@@ -6,9 +6,7 @@ snapshot, and so every rank's decisions, carry the same number.
 
 from __future__ import annotations
 
-import torch
-
-from torchhealth.collectors.base import Arrays, Collector, State
+from torchhealth.collectors.base import Arrays, Collector, State, host_values
 from torchhealth.snapshot import Snapshot
 
 
@@ -27,7 +25,7 @@ class SkippedStepCollector(Collector):
         self.skipped += 1
 
     def state(self) -> State:
-        return {"skipped": (torch.tensor([float(self.skipped)]), "mean")}
+        return {"skipped": (host_values([self.skipped]), "mean")}
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
         if "skipped" in state:

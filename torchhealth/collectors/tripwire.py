@@ -25,8 +25,9 @@ class LossTripwire:
 
     ``record`` copies the step's loss into its slot of a host buffer: on a GPU asynchronously, into
     pinned memory, followed by a CUDA event; ``tripped`` tests the values whose copies have landed
-    (the event is queried, never waited for). On the CPU the copy is simply there. One copy a
-    step is all the device sees; the limit is set from each check's losses (``set_typical``).
+    (the event is queried, never waited for). One copy a step is all the device sees. A loss
+    already in host memory (training on the CPU) is handed over with ``record_value`` and needs no
+    copy at all. The limit is set from each check's losses (``set_typical``).
     """
 
     def __init__(self, interval: int, device: torch.device) -> None:
@@ -34,6 +35,7 @@ class LossTripwire:
         self._first_typical: float | None = None
         self._mean: float | None = None
         self._untested: list[tuple[int, int]] = []  # (offset, losses summed there) copied but not yet tested
+        self._on_host: list[tuple[float, int]] = []  # (loss, losses summed in it) handed over on the host
         self._buffers(interval, device)
 
     def _buffers(self, interval: int, device: torch.device) -> None:
@@ -53,6 +55,11 @@ class LossTripwire:
         self._untested.append((offset, count))
         del self._untested[:-len(self._views)]  # a slot copied again replaces its older value
 
+    def record_value(self, total: float, count: int) -> None:
+        """Hands over one step's loss that is already a host number (``total`` of ``count`` losses)."""
+        self._on_host.append((total, count))
+        del self._on_host[:-len(self._views)]
+
     def set_typical(self, typical: float, steps: int = 1) -> None:
         """Sets the reference from a check: ``typical`` is the mean |loss| of its ``steps`` finite step losses.
 
@@ -68,9 +75,10 @@ class LossTripwire:
 
     def tripped(self) -> bool:
         """Whether a loss copied since the last call jumped or went non-finite (False while in flight)."""
-        if not self._untested or (self._event is not None and not self._event.query()):
-            return False
-        untested, self._untested = self._untested, []
+        losses, self._on_host = self._on_host, []
+        if self._untested and (self._event is None or self._event.query()):
+            losses += [(float(self._values[offset]), count) for offset, count in self._untested]
+            self._untested = []
         # |loss|: objectives such as negative log-likelihoods can be negative. NaN and Inf fail the
         # comparison too (strict: Inf is not below an infinite limit), so one test covers both.
-        return any(not abs(float(self._values[offset])) < self.limit * count for offset, count in untested)
+        return any(not abs(total) < self.limit * count for total, count in losses)
