@@ -156,7 +156,8 @@ class Monitor:
         step = self.step_count
         offset = step - self._interval_start
         tripped = self.guard.call("collector loss", self.loss_collector.on_step, loss, offset, default=False)
-        self.guard.call("collector activations", self.activations.file_step, offset)
+        if self.activations.observed:
+            self.guard.call("collector activations", self.activations.file_step, offset)
         if val_loss is not None:
             self.log_validation(val_loss)
         scheduled = step % self.options.check_every == 0
@@ -174,6 +175,8 @@ class Monitor:
         if sampling != self.activations.sampling:
             self.activations.sampling = sampling
         self._deliver(new)
+        if not self._carried:
+            return new
         carried, self._carried = self._carried, []  # already sent to the sinks by state_dict()
         critical = [a for a in carried if a.severity == "critical"]
         if self._raise_on_critical and critical:

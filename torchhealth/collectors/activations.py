@@ -103,7 +103,7 @@ class ActivationCollector(Collector):
         self._sampling = True
         self._compiled = False  # set once a forward runs under torch.compile: hooks then stay
         self._activation_handles: list[RemovableHandle] = []
-        self._observed: list[Site] = []  # sites that saw outputs since the last ``file_step``
+        self.observed: list[Site] = []  # sites that saw outputs since the last ``file_step``
         self.sites: dict[tuple[str, int], Site] = {}
         self._calls: dict[str, int] = {}
         self._names = {m: clean_name(n) for n, m in self.model.named_modules()}
@@ -242,7 +242,7 @@ class ActivationCollector(Collector):
                 return  # another layout (an unbatched call, a capped site of another width): skip, never mix units
             site.shape = x.shape
         site.observe(x)
-        self._observed.append(site)
+        self.observed.append(site)
 
     def file_step(self, offset: int) -> None:
         """Files what this step's forwards saw under the step's ``offset`` in the check interval.
@@ -251,10 +251,10 @@ class ActivationCollector(Collector):
         forwards were not sampled. Two launches for all sites (and one more for each site called
         several times in the step), no host synchronization.
         """
-        if not self._observed:
+        if not self.observed:
             return
-        sites = list(dict.fromkeys(self._observed))
-        self._observed.clear()
+        sites = list(dict.fromkeys(self.observed))
+        self.observed.clear()
         largest, counts = [], []
         for site in sites:
             seen, site.seen = site.seen, []

@@ -12,6 +12,8 @@ from torchhealth.collectors.base import Arrays, Collector, State, file_values, h
 from torchhealth.snapshot import TOTAL, Snapshot
 
 ParamEntry = tuple[str, str, torch.nn.Parameter]
+NARROW_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+"""Dtypes whose norms the norm kernel computes in float32 directly."""
 
 
 def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -22,6 +24,9 @@ def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
     """
     if not tensors:
         return torch.zeros(0, device=device)
+    kinds = {(t.device, t.dtype, t.layout) for t in tensors}
+    if all(dev == device and dtype in NARROW_FLOATS and layout == torch.strided for dev, dtype, layout in kinds):
+        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square_()  # the usual case
     out: list[torch.Tensor | None] = [None] * len(tensors)
     groups: dict[tuple[torch.device, bool], list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
@@ -93,9 +98,10 @@ class GradientCollector(Collector):
         self.device = current_device(self.params, self.device)
         if self._zero is None or self._zero.device != self.device:
             self._zero = torch.zeros((), device=self.device)
-        grads = [local_tensor(p.grad) if p.grad is not None else self._zero for _, _, p in self.params]
+        grads = [p.grad for _, _, p in self.params]
         # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
-        present = host_values(p.grad is not None for _, _, p in self.params)
+        present = host_values(g is not None for g in grads)
+        grads = [local_tensor(g) if g is not None else self._zero for g in grads]
         return {"sq": (squared_norms(grads, self.device), "sum"), "present": (present, "sum")}
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:

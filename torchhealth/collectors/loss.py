@@ -26,11 +26,11 @@ class LossCollector(Collector):
     """
 
     def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
-        self.device = device
         self.tripwire = LossTripwire(interval, device) if tripwire else None
         with torch.inference_mode(False):  # stays updatable if the monitor is built inside inference_mode()
             self.losses = StepFlags(interval, device)  # each step's loss (micro-batches summed) at its offset
             self._val = torch.zeros(2, device=device)  # [sum of validation losses, count]
+        self.device = self._val.device  # with its index: losses from elsewhere move the state (``_follow``)
         self._host_losses = self._host_view()
         self._counts = [0] * interval  # losses recorded at each offset (known on the host without a sync)
 
@@ -39,7 +39,8 @@ class LossCollector(Collector):
         if not 0 <= offset < len(self._counts):
             return
         value = self._as_scalar(loss)
-        self._follow(value.device)
+        if value.device != self.device:
+            self._follow(value.device)
         self.losses.mark(offset, value)
         self._counts[offset] += 1
 
@@ -50,7 +51,7 @@ class LossCollector(Collector):
             Whether the trip-wire asks for an early check (tested before this step's loss is
             recorded: on a GPU its copy to the host is still in flight).
         """
-        tripped = self.tripped()
+        tripped = self.tripwire is not None and self.tripwire.tripped()
         if loss is not None:
             self.record(loss, offset)
         self.end_step(offset)
@@ -58,11 +59,12 @@ class LossCollector(Collector):
 
     def end_step(self, offset: int) -> None:
         """Closes the step at ``offset``: the trip-wire copies its loss (micro-batches summed) to the host."""
-        if self.tripwire is not None and 0 <= offset < len(self._counts) and self._counts[offset]:
-            if self._host_losses is not None:
-                self.tripwire.record_value(float(self._host_losses[offset]), self._counts[offset])
-            else:
-                self.tripwire.record(self.losses.slot(offset), self._counts[offset], offset)
+        if self.tripwire is None or not 0 <= offset < len(self._counts) or not self._counts[offset]:
+            return
+        if self._host_losses is not None:
+            self.tripwire.record_value(float(self._host_losses[offset]), self._counts[offset])
+        else:
+            self.tripwire.record(self.losses.slot(offset), self._counts[offset], offset)
 
     def _host_view(self) -> np.ndarray | None:
         """The per-step losses' memory as numpy, when they are on the CPU (read without a torch call)."""
@@ -92,13 +94,12 @@ class LossCollector(Collector):
         raise TypeError(f"loss must be a tensor or a number, got {type(loss).__name__}")
 
     def _follow(self, device: torch.device) -> None:
-        """Moves the running state to where losses arrive (a model moved after attaching), once."""
-        if device != self._val.device:
-            self.device = device
-            with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
-                self._val = self._val.to(device)
-                self.losses.to(device)
-            self._host_losses = self._host_view()
+        """Moves the running state to where losses arrive (a model moved after attaching)."""
+        self.device = device
+        with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
+            self._val = self._val.to(device)
+            self.losses.to(device)
+        self._host_losses = self._host_view()
 
     def state(self) -> State:
         # Always the same layout, recorded or not: a rank that saw no loss still joins the reduction,

@@ -79,6 +79,7 @@ class LossTripwire:
         if self._untested and (self._event is None or self._event.query()):
             losses += [(float(self._values[offset]), count) for offset, count in self._untested]
             self._untested = []
+        limit = self.limit
         # |loss|: objectives such as negative log-likelihoods can be negative. NaN and Inf fail the
         # comparison too (strict: Inf is not below an infinite limit), so one test covers both.
-        return any(not abs(total) < self.limit * count for total, count in losses)
+        return any(not abs(total) < limit * count for total, count in losses)
