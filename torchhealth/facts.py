@@ -14,6 +14,8 @@ NORM_MODULES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 RECURRENT_MODULES = (nn.RNNBase,)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+SORT_CACHE = 64
+"""Layer lists whose forward order is kept (detectors ask for a few, again at every check)."""
 
 
 @dataclass
@@ -85,9 +87,15 @@ class ModelFacts:
 
     def in_forward_order(self, layers: list[str]) -> list[str]:
         """``layers`` sorted by forward order (definition order for layers never seen running)."""
-        position = {name: i for i, name in enumerate(self.forward_order)}
-        definition = {name: i for i, name in enumerate(self.layer_types)}
-        return sorted(layers, key=lambda n: (position.get(n, len(position)), definition.get(n.split(":")[0].split("#")[0], 0)))
+        key = (tuple(layers), len(self.forward_order), len(self.layer_types))
+        if key not in self._sorted:  # detectors ask for the same layers at every check
+            position = {name: i for i, name in enumerate(self.forward_order)}
+            definition = {name: i for i, name in enumerate(self.layer_types)}
+            if len(self._sorted) >= SORT_CACHE:
+                self._sorted.clear()
+            self._sorted[key] = sorted(layers, key=lambda n: (position.get(n, len(position)),
+                                                               definition.get(n.split(":")[0].split("#")[0], 0)))
+        return list(self._sorted[key])
 
     def learning_rate(self) -> float | None:
         """The optimizer's current learning rate (first param group), or None."""
@@ -104,6 +112,7 @@ class ModelFacts:
 
     def __post_init__(self) -> None:
         self._seen: set[str] = set(self.forward_order)
+        self._sorted: dict[tuple[tuple[str, ...], int, int], list[str]] = {}
 
 
 def _gain(weight: torch.Tensor) -> float:

@@ -9,6 +9,7 @@ on sampled forwards; on other forwards a hook returns before touching the tensor
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import numpy as np
@@ -53,6 +54,7 @@ class Site:
             self.positive = torch.zeros(units, device=device)  # per-unit positive outputs, this interval (ReLU)
             self.off = torch.zeros((), device=device)  # saturated outputs, this interval (sigmoid/tanh)
             self.flags = StepFlags(interval, device)
+        self.target = self.positive if kind == "relu" else self.off  # where a forward's count is added
         self.numel = 0  # outputs seen this interval (host-side: shapes are known without a sync)
         self.window_samples = 0  # samples in the current dead-unit window
         # What each forward of this step saw, filed by ``file_step`` outside the forward (a hook that
@@ -62,12 +64,15 @@ class Site:
         self.shape: torch.Size | None = None  # the output shape whose unit axis was last worked out
         self._reduce_dims: tuple[int, ...] | None = None
 
+    def move(self, device: torch.device) -> None:
+        """Moves the running state to ``device`` (outputs arrive there: the model was moved)."""
+        with torch.inference_mode(False):
+            self.fires, self.positive, self.off = (t.to(device) for t in (self.fires, self.positive, self.off))
+            self.flags.to(device)
+        self.target = self.positive if self.kind == "relu" else self.off
+
     def observe(self, x: torch.Tensor) -> None:
-        """Adds one output tensor's statistics. No host synchronization."""
-        if x.device != self.fires.device:
-            with torch.inference_mode(False):
-                self.fires, self.positive, self.off = (t.to(x.device) for t in (self.fires, self.positive, self.off))
-                self.flags.to(x.device)
+        """Adds one output tensor's statistics (``x`` on the site's device). No host synchronization."""
         # The largest output is NaN when any is, and +Inf when any is: activation outputs are never
         # -Inf (ReLU clamps it to 0, sigmoid/tanh are bounded), so one amax replaces a finiteness test.
         largest = x.amax()
@@ -114,6 +119,7 @@ class ActivationCollector(Collector):
         self._stack: list[nn.Module] = []
         self._mode: _FunctionalActivationMode | None = None
         self._global_handles: list[RemovableHandle] = []
+        self._tensors: _SiteTensors | None = None  # the sites' tensors as lists, until a site is added or moved
         self._order: list[Site] = []  # the sites of the last state(), in the order of its tensors
         self._counted: list[int] = []  # their window samples at that check
         self._layout_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -241,6 +247,10 @@ class ActivationCollector(Collector):
             elif (axis, units) != (site.axis, site.units):
                 return  # another layout (an unbatched call, a capped site of another width): skip, never mix units
             site.shape = x.shape
+            self._tensors = None
+        if x.device != site.fires.device:
+            site.move(x.device)
+            self._tensors = None
         site.observe(x)
         self.observed.append(site)
 
@@ -258,32 +268,49 @@ class ActivationCollector(Collector):
         largest, counts = [], []
         for site in sites:
             seen, site.seen = site.seen, []
-            # several calls in one step: their largest output (a sum could overflow in fp16)
-            largest.append(seen[0][0] if len(seen) == 1 else torch.stack([m for m, _, _, _ in seen]).amax())
-            counts.append(seen[0][1] if len(seen) == 1 else sum(c for _, c, _, _ in seen))
-            site.numel += sum(numel for _, _, numel, _ in seen)
-            site.window_samples += sum(samples for _, _, _, samples in seen)
+            if len(seen) == 1:  # the usual case: one call of the site in this step
+                most, count, numel, samples = seen[0]
+            else:  # several calls: their largest output (a sum could overflow in fp16), their counts summed
+                most = torch.stack([m for m, _, _, _ in seen]).amax()
+                count, numel, samples = (sum(column) for column in list(zip(*seen))[1:])
+            largest.append(most)
+            counts.append(count)
+            site.numel += numel
+            site.window_samples += samples
         slots = [site.flags.slot(offset) for site in sites]
         if slots[0] is not None:
             torch._foreach_add_(slots, largest)
-        torch._foreach_add_([site.positive if site.kind == "relu" else site.off for site in sites], counts)
+        torch._foreach_add_([site.target for site in sites], counts)
+
+    def _site_tensors(self) -> "_SiteTensors":
+        """The sites' running tensors as lists in site order (kept until a site is added or moved)."""
+        if self._tensors is None:
+            order = list(self.sites.values())
+            device = order[0].fires.device
+            self._tensors = _SiteTensors(
+                order, device, all(s.fires.device == device for s in order), [s.fires for s in order],
+                [s.positive for s in order], [s.off for s in order], [s.flags.flags for s in order])
+        return self._tensors
 
     # -- collector contract --------------------------------------------------------------------
     def state(self) -> State:
-        self._order = order = list(self.sites.values())
-        if not order:
+        if not self.sites:
+            self._order = []
             return {}
-        device = order[0].fires.device
-
-        def gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:  # a model spread over devices
-            return [t if t.device == device else t.to(device) for t in tensors]
-
+        tensors = self._site_tensors()
+        self._order = order = tensors.order
         self._counted = [s.window_samples for s in order]
+
+        def gather(parts: list[torch.Tensor]) -> list[torch.Tensor]:  # a model spread over devices
+            if tensors.one_device:
+                return parts
+            return [t if t.device == tensors.device else t.to(tensors.device) for t in parts]
+
         return {  # four launches; the rest are host numbers, used in ``finish``
-            "fires": (torch.cat(gather([s.fires for s in order])), "sum"),
-            "positive": (torch.cat(gather([s.positive for s in order])), "sum"),
-            "off": (torch.stack(gather([s.off for s in order])), "sum"),
-            "markers": (torch.stack(gather([s.flags.flags for s in order])), "sum"),
+            "fires": (torch.cat(gather(tensors.fires)), "sum"),
+            "positive": (torch.cat(gather(tensors.positive)), "sum"),
+            "off": (torch.stack(gather(tensors.off)), "sum"),
+            "markers": (torch.stack(gather(tensors.markers)), "sum"),
             "numel": (host_values(s.numel for s in order), "sum"),
             "samples": (host_values(self._counted), "sum"),
         }
@@ -297,11 +324,12 @@ class ActivationCollector(Collector):
         return self._layout_cache
 
     def reset_interval(self) -> None:
-        sites = list(self.sites.values())
-        if sites:  # one launch each, not several per site
-            torch._foreach_add_([s.fires for s in sites], [s.positive for s in sites])
-            torch._foreach_zero_([s.positive for s in sites] + [s.off for s in sites] + [s.flags.flags for s in sites])
-        for site in sites:
+        if not self.sites:
+            return
+        tensors = self._site_tensors()  # one launch each, not several per site
+        torch._foreach_add_(tensors.fires, tensors.positive)
+        torch._foreach_zero_(tensors.positive + tensors.off + tensors.markers)
+        for site in tensors.order:
             site.numel = 0
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
@@ -338,6 +366,19 @@ class ActivationCollector(Collector):
         for handle in self.handles + self._global_handles + self._activation_handles:
             handle.remove()
         self.handles, self._global_handles, self._activation_handles = [], [], []
+
+
+@dataclasses.dataclass
+class _SiteTensors:
+    """Every site's running tensors, as lists in site order, for batched (foreach) operations."""
+
+    order: list[Site]
+    device: torch.device  # of the first site: state is gathered there
+    one_device: bool
+    fires: list[torch.Tensor]
+    positive: list[torch.Tensor]
+    off: list[torch.Tensor]
+    markers: list[torch.Tensor]
 
 
 def _recomputing() -> bool:

@@ -48,10 +48,10 @@ class Detector:
         """Appends ``value`` to series ``name`` (bounded) and returns the series."""
         series = self.series.setdefault(name, [])
         series.append(float(value))
-        del series[:-SERIES_LIMIT]
-        start = self.memory.setdefault(f"start:{name}", [])
-        if len(start) < START_VALUES:
-            start.append(float(value))
+        if len(series) > SERIES_LIMIT:
+            del series[:-SERIES_LIMIT]
+        if len(series) <= START_VALUES:  # the series' first values, kept for good
+            self.memory.setdefault(f"start:{name}", []).append(float(value))
         return series
 
     def first(self, name: str, n: int = START_VALUES) -> list[float]:
