@@ -343,22 +343,27 @@ class ActivationCollector(Collector):
         with np.errstate(divide="ignore", invalid="ignore"):
             off = np.where(relu, numel - np.add.reduceat(positive, starts), state["off"]) / numel
         dead = np.add.reduceat((fires == 0).astype(np.float64), starts) / units
+        samples = state["samples"].tolist()
         closed = []
-        for i, site in enumerate(order):
-            if numel[i] > 0:
-                snapshot.stats.setdefault("zero_fraction" if relu[i] else "saturation", {})[site.name] = float(off[i])
-            if state["samples"][i] >= self.window_samples:  # the window closes at this check
+        # plain Python floats from here: indexing numpy arrays one element at a time is slower
+        for site, is_relu, seen, share, count, dead_share, counted in zip(
+                order, relu.tolist(), numel.tolist(), off.tolist(), samples, dead.tolist(), self._counted):
+            if seen > 0:
+                snapshot.stats.setdefault("zero_fraction" if is_relu else "saturation", {})[site.name] = share
+            if count >= self.window_samples:  # the window closes at this check
                 closed.append(site)
-                site.window_samples -= self._counted[i]  # samples filed since the check start the next window
-                if relu[i]:
-                    snapshot.stats.setdefault("dead_units", {})[site.name] = float(dead[i])
-                    snapshot.window_samples = max(snapshot.window_samples, int(state["samples"][i]))
+                site.window_samples -= counted  # samples filed since the check start the next window
+                if is_relu:
+                    snapshot.stats.setdefault("dead_units", {})[site.name] = dead_share
+                    snapshot.window_samples = max(snapshot.window_samples, int(count))
         if closed:
             # the device state holds exactly this window: later forwards are in ``positive`` until the next check
             torch._foreach_zero_([site.fires for site in closed])
-        for site, offset in zip(order, first_nonfinite(state["markers"])):
-            if offset >= 0:
-                snapshot.nonfinite[f"activation:{site.name}"] = interval_start + int(offset)
+        markers = state["markers"]
+        if not np.isfinite(markers.sum()):  # some step saw a non-finite output (a sum of finite maxima rarely overflows)
+            for site, offset in zip(order, first_nonfinite(markers).tolist()):
+                if offset >= 0:
+                    snapshot.nonfinite[f"activation:{site.name}"] = interval_start + offset
 
     def close(self) -> None:
         if self._mode is not None:

@@ -62,7 +62,8 @@ def host_values(values: Iterable[float]) -> np.ndarray:
 
 def file_values(snapshot: Snapshot, family: str, layers: Iterable[str], values: Iterable[float]) -> None:
     """Puts ``values`` of ``layers`` into ``snapshot.stats[family]`` (the family appears only if one does)."""
-    pairs = [(layer, float(v)) for layer, v in zip(layers, values)]
+    numbers = values.tolist() if isinstance(values, np.ndarray) else [float(v) for v in values]
+    pairs = list(zip(layers, numbers))
     if pairs:
         snapshot.stats.setdefault(family, {}).update(pairs)
 

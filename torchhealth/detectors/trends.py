@@ -9,6 +9,8 @@ from typing import Sequence
 
 def median(values: Sequence[float]) -> float:
     """Median of the finite values (NaN when there are none)."""
+    if values and math.isfinite(sum(values)):  # the usual case, tested in one pass: all finite
+        return statistics.median(values)
     finite = [v for v in values if math.isfinite(v)]
     return statistics.median(finite) if finite else math.nan
 
