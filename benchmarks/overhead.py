@@ -24,9 +24,14 @@ during each block minus what was allocated when it started (working memory: acti
 gradients, the monitor's weight copy). The monitor state column is the bytes of the tensors the
 monitor keeps between steps (O(parameters + units)).
 
+Where a process happens to place its tensors moves a small model's step by a few percent, and
+that placement is fixed for the life of the process, so no number of rounds averages it away.
+``--processes N`` therefore repeats the whole measurement in N fresh processes and reports, per
+arm, the median over processes and their range.
+
 Usage::
 
-    python benchmarks/overhead.py --out overhead_cpu.md                 # CPU models, 1 thread
+    python benchmarks/overhead.py --processes 3 --out overhead_cpu.md   # CPU models, 1 thread
     python benchmarks/overhead.py --device cuda --out overhead_cuda.md  # adds ResNet-50, MLP-24x1024
 """
 
@@ -34,10 +39,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -152,22 +159,23 @@ def workloads(device: str, names: list[str] | None) -> list[Workload]:
 class Bench:
     """One model and optimizer that every arm trains in turn.
 
-    All arms run on the same parameters, gradients and optimizer state, so none gains from a copy
-    that happens to sit better in memory (separate copies differed by up to 7% on the CPU here).
-    The monitor stays attached throughout; outside its own blocks it samples nothing (its
-    activation hooks are off), so the other arms run with only its two model-level hooks, which
-    return at once.
+    All arms run on the same parameters, buffers, gradients and optimizer state, so none gains
+    from a copy that happens to sit better in memory (separate copies differed by up to 7% on the
+    CPU here). The monitor watches ``model``; the other arms train ``twin``, the same modules
+    around the same tensors, which carries none of the monitor's hooks.
     """
 
     def __init__(self, w: Workload, device: torch.device, log_dir: str) -> None:
         torch.manual_seed(0)
         self.w, self.device = w, device
         self.model = copy.deepcopy(w.model).to(device)
+        shared = {id(t): t for t in [*self.model.parameters(), *self.model.buffers()]}
+        self.twin = copy.deepcopy(self.model, memo=shared)  # before the monitor hooks ``model``
         self.x, self.y = w.inputs.to(device), w.target.to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         self.monitor = torchhealth.Monitor(self.model, self.opt, log_dir=log_dir, on_alert=[lambda alert: None])
         self.monitor.activations.sampling = False
-        self.relus = [(name, m) for name, m in self.model.named_modules() if isinstance(m, nn.ReLU)]
+        self.relus = [(name, m) for name, m in self.twin.named_modules() if isinstance(m, nn.ReLU)]
         self.logged: dict[str, float] = {}
 
     def _sparsity_hook(self, name: str):
@@ -212,7 +220,7 @@ class Bench:
 
     def step(self, monitor, arm: str) -> None:
         with torch.autocast(self.device.type, dtype=self.w.autocast, enabled=self.w.autocast is not None):
-            loss = F.cross_entropy(self.model(self.x), self.y)
+            loss = F.cross_entropy((self.model if monitor is not None else self.twin)(self.x), self.y)
         loss.backward()
         if monitor is not None:
             monitor.step(loss)
@@ -324,14 +332,17 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
 
 def table(results: dict[str, dict[str, dict[str, float]]], device: torch.device) -> str:
     cuda = device.type == "cuda"
-    head = "| model | rounds | arm | step (ms, median) | overhead vs plain | middle half of rounds | " + (
-        "peak working memory (MiB) | " if cuda else "") + "monitor state (KiB) |"
+    processes = any("ratio_min" in r for arms in results.values() for r in arms.values())
+    head = ("| model | rounds | arm | step (ms, median) | overhead vs plain | "
+            + ("range over processes | " if processes else "middle half of rounds | ")
+            + ("peak working memory (MiB) | " if cuda else "") + "monitor state (KiB) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for model, arms in results.items():
         for arm, r in arms.items():
             overhead = "—" if arm == "plain" else f"{100 * (r['ratio'] - 1):+.1f}%"
             arm = f"{arm} (A/A control)" if arm == "plain_again" else arm
-            spread = "—" if arm == "plain" else f"{100 * (r['ratio_q1'] - 1):+.1f}% .. {100 * (r['ratio_q3'] - 1):+.1f}%"
+            low, high = (r["ratio_min"], r["ratio_max"]) if processes else (r["ratio_q1"], r["ratio_q3"])
+            spread = "—" if arm == "plain" else f"{100 * (low - 1):+.1f}% .. {100 * (high - 1):+.1f}%"
             row = f"| {model} | {r['rounds']} | {arm} | {r['step_ms']:.2f} | {overhead} | {spread} | "
             if cuda:
                 row += f"{r['peak_bytes'] / 2**20:.1f} | "
@@ -364,8 +375,13 @@ def main(argv: list[str] | None = None) -> int:
                              "on CUDA, where timing single steps would add a synchronize per step)")
     parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
                         help="what a block's time is (default: cpu on CPU, wall on CUDA)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="repeat the measurement in this many fresh processes; report medians over them")
+    parser.add_argument("--json", default=None, help="also write the raw results here (JSON)")
     parser.add_argument("--out", default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        raise SystemExit("--processes must be at least 1")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
@@ -380,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--clock cpu measures host CPU time only; use --clock wall with --device cuda")
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
     results = {}
-    for w in workloads(args.device, args.models.split(",") if args.models else None):
+    if args.processes > 1:
+        results = over_processes(argv if argv is not None else sys.argv[1:], args.processes)
+    for w in [] if args.processes > 1 else workloads(args.device, args.models.split(",") if args.models else None):
         t0 = time.perf_counter()
         budget = args.budget_s if args.budget_s is not None else (90.0 if device.type == "cpu" else float("inf"))
         per_step = timing == "step"
@@ -390,19 +408,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "
               f"{100 * (th['ratio'] - 1):+.1f}% ({time.perf_counter() - t0:.0f}s){' [' + kinds + ']' if kinds else ''}",
               flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f)
+    spread = (f"Measured in {args.processes} fresh processes: every figure is the median over them, the range "
+              "column their lowest and highest overhead." if args.processes > 1 else
+              "The range column is the middle half of the per-round ratios to plain.")
     text = (f"Machine: {machine(device)}. Defaults: check_every={defaults.check_every}, "
             f"log_every={defaults.log_every}, sample_every={defaults.sample_every}. "
             f"Up to {rounds} interleaved rounds (column rounds) of {block_steps} steps per arm, timed by "
             f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}. "
             + ("Step time: every step timed, count-weighted mean of the median times of each kind of step in "
-               "a logging interval (log, check, after a check, before a log step, other); " if timing == "step"
-               else "Step time: median block time / steps; ")
-            + "the last column but one is the middle half of the per-round ratios to plain.\n\n" + table(results, device) + "\n")
+               "a logging interval (log, check, after a check, before a log step, other). " if timing == "step"
+               else "Step time: median block time / steps. ")
+            + spread + "\n\n"
+            + table(results, device) + "\n")
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
     return 0
+
+
+def over_processes(argv: list[str], processes: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Runs this script ``processes`` times in fresh processes; per arm, the median over them and the range."""
+    forwarded, skip = [], False
+    for arg in argv:  # everything but the options that say where results go and how often to repeat
+        if skip:
+            skip = False
+        elif arg in ("--processes", "--json", "--out"):
+            skip = True
+        elif not arg.startswith(("--processes=", "--json=", "--out=")):
+            forwarded.append(arg)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="torchhealth-bench-") as tmp:
+        for i in range(processes):
+            path = os.path.join(tmp, f"run{i}.json")
+            print(f"process {i + 1} of {processes}", flush=True)
+            subprocess.run([sys.executable, os.path.abspath(__file__), *forwarded, "--json", path], check=True)
+            with open(path) as f:
+                runs.append(json.load(f))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model, arms in runs[0].items():
+        out[model] = {}
+        for arm, first in arms.items():
+            each = [run[model][arm] for run in runs]
+            ratios = [r["ratio"] for r in each]
+            out[model][arm] = {**first, "step_ms": statistics.median(r["step_ms"] for r in each),
+                               "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                               "rounds": sum(r["rounds"] for r in each),
+                               "peak_bytes": max(r["peak_bytes"] for r in each)}
+            out[model][arm].pop("kinds", None)
+    return out
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class ActivationCollector(Collector):
         self.sites: dict[tuple[str, int], Site] = {}
         self._calls: dict[str, int] = {}
         self._names = {m: clean_name(n) for n, m in self.model.named_modules()}
-        self._hooked = {m for m in self._names if activation_kind(m)}
+        self._hooked = {m: kind for m in self._names if (kind := activation_kind(m))}  # module -> kind
         self._functional = functional
         self._discovering = True  # the first sampled forward also records forward order
         self._functional_seen = False  # set when a functional site is found: the mode is needed again
@@ -204,11 +204,11 @@ class ActivationCollector(Collector):
             self._stack.pop()
 
     def _on_activation(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self.sampling or self._evaluating():
+        if not self._sampling or self._evaluating():
             return
         if not torch.compiler.is_compiling() and _recomputing():  # folded away when traced: no graph break
             return
-        self._guard.call("activation hooks", self._observe, self._names[module], activation_kind(module), output)
+        self._guard.call("activation hooks", self._observe, self._names[module], self._hooked[module], output)
 
     def _evaluating(self) -> bool:
         """An evaluation forward (eval mode, no grad) between training steps: not training statistics.
