@@ -207,6 +207,20 @@ def test_unsampled_forwards_are_not_observed(strict_monitor):
     assert seen == [True, False, False, True, False, False]
 
 
+def test_unsampled_eager_forwards_run_without_any_monitor_hook(strict_monitor):
+    """Any module hook sends a call down PyTorch's slow path: unsampled forwards must carry none."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    hooks = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())  # noqa: E731
+    monitor = strict_monitor(model, sample_every=3, check_every=1, log_every=1)
+    carried = []
+    for _ in range(6):
+        carried.append(hooks())
+        run(monitor, model, torch.randn(2, 3))
+    assert [n > 0 for n in carried] == [True, False, False, True, False, False]
+    monitor.close()
+    assert hooks() == 0
+
+
 def test_evaluation_forwards_between_steps_are_not_counted(strict_monitor):
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
     monitor = strict_monitor(model)

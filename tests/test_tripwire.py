@@ -11,12 +11,19 @@ from torchhealth.collectors.tripwire import LossTripwire
 from torchhealth.scenarios import SCENARIOS, run_scenario
 
 
-def trips(losses, check_every=10):
-    """Runs the wire over ``losses``, setting its reference at checks as the monitor does."""
+def trips(losses, check_every=10, on_host=False):
+    """Runs the wire over ``losses``, setting its reference at checks as the monitor does.
+
+    ``on_host``: hand each loss over as a host number (training on the CPU) instead of as a tensor
+    that the wire copies (from a GPU).
+    """
     wire = LossTripwire(check_every, torch.device("cpu"))
     out, interval = [], []
     for step, value in enumerate(losses):
-        wire.record(torch.tensor(float(value)), 1, step % check_every)
+        if on_host:
+            wire.record_value(float(value), 1)
+        else:
+            wire.record(torch.tensor(float(value)), 1, step % check_every)
         out.append(wire.tripped())
         interval.append(abs(value))
         if step % check_every == 0:  # a check: the reference follows the interval's finite losses
@@ -41,6 +48,15 @@ def test_the_reference_follows_the_loss_but_never_drops_below_the_start():
     assert not any(trips(rising))
     assert trips([1.0] * 11 + [2.5] * 10 + [6.0])[-1], "a fresh rise moves the running mean only part of the way"
     assert trips([1.0] * 11 + [0.1] * 10 + [2.9, 3.1])[-2:] == [False, True]  # 3x the first typical loss
+
+
+@pytest.mark.parametrize("losses", [
+    [2.3] + [0.01 * (1 + (i % 7) / 2) for i in range(60)],
+    [1.0] * 11 + [2.5] * 10 + [6.0],
+    [2.0, 1.9, float("nan"), 1.8, float("inf"), 50.0, 1.7],
+])
+def test_losses_handed_over_on_the_host_trip_as_copied_ones_do(losses):
+    assert trips(losses, on_host=True) == trips(losses)
 
 
 def test_a_reference_beyond_float32_disables_the_wire_instead_of_failing():

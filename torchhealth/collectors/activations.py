@@ -107,7 +107,8 @@ class ActivationCollector(Collector):
         self.window_samples = window_samples
         self._sampling = True
         self._compiled = False  # set once a forward runs under torch.compile: hooks then stay
-        self._activation_handles: list[RemovableHandle] = []
+        self._closed = False
+        self._hook_handles: list[RemovableHandle] = []  # the model's and the activation modules' hooks
         self.observed: list[Site] = []  # sites that saw outputs since the last ``file_step``
         self.sites: dict[tuple[str, int], Site] = {}
         self._calls: dict[str, int] = {}
@@ -124,13 +125,10 @@ class ActivationCollector(Collector):
         self._counted: list[int] = []  # their window samples at that check
         self._layout_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._guard = guard or Guard(strict=True)
-        wrap = self._guard.wrap
-        self.handles: list[RemovableHandle] = [
-            self.model.register_forward_pre_hook(wrap("activation hooks", self._on_model_start)),
-            # not switched off with the other hooks: it must always leave the function mode and global hooks
-            self.model.register_forward_hook(wrap("activation cleanup", self._on_model_end), always_call=True),
-        ]
-        self._install_activation_hooks()
+        self._on_start = self._guard.wrap("activation hooks", self._on_model_start)
+        # not switched off with the other hooks: it must always leave the function mode and global hooks
+        self._on_end = self._guard.wrap("activation cleanup", self._on_model_end)
+        self._install_hooks()
 
     @property
     def sampling(self) -> bool:
@@ -139,25 +137,31 @@ class ActivationCollector(Collector):
 
     @sampling.setter
     def sampling(self, on: bool) -> None:
-        # In eager mode the activation modules carry hooks only for sampled forwards: any forward
-        # hook sends a module call down PyTorch's slow path, even one that returns at once. A
-        # compiled forward keeps the hooks it was traced with (hooks changed later are not seen),
-        # so once one has run the hooks stay and test ``sampling`` themselves.
+        # In eager mode the model and its activation modules carry hooks only for sampled forwards:
+        # any forward hook sends a module call down PyTorch's slow path, even one that returns at
+        # once. A compiled forward keeps the hooks it was traced with (hooks changed later are not
+        # seen), so once one has run (the first forward is sampled) the hooks stay and test
+        # ``sampling`` themselves.
         self._sampling = on
         if on or self._compiled:
-            self._install_activation_hooks()
+            self._install_hooks()
         else:
-            self._remove_activation_hooks()
+            self._remove_hooks()
 
-    def _install_activation_hooks(self) -> None:
-        # unguarded: the hook tests a flag before calling guarded code; no model handles: closed, stays off
-        if not self._activation_handles and self.handles:
-            self._activation_handles = [m.register_forward_hook(self._on_activation) for m in self._hooked]
+    def _install_hooks(self) -> None:
+        if self._hook_handles or self._closed:
+            return
+        # activation hooks unguarded: they test a flag before calling guarded code
+        self._hook_handles = [self.model.register_forward_pre_hook(self._on_start),
+                              self.model.register_forward_hook(self._on_end, always_call=True),
+                              *(m.register_forward_hook(self._on_activation) for m in self._hooked)]
 
-    def _remove_activation_hooks(self) -> None:
-        for handle in self._activation_handles:
+    def _remove_hooks(self) -> None:
+        if self._mode is not None or self._global_handles:
+            self._on_model_end(self.model, (), None)  # a forward interrupted by a BaseException left them
+        for handle in self._hook_handles:
             handle.remove()
-        self._activation_handles = []
+        self._hook_handles = []
 
     # -- hooks ---------------------------------------------------------------------------------
     def _on_model_start(self, module: nn.Module, args: Any) -> None:
@@ -366,11 +370,8 @@ class ActivationCollector(Collector):
                     snapshot.nonfinite[f"activation:{site.name}"] = interval_start + offset
 
     def close(self) -> None:
-        if self._mode is not None:
-            self._on_model_end(self.model, (), None)
-        for handle in self.handles + self._global_handles + self._activation_handles:
-            handle.remove()
-        self.handles, self._global_handles, self._activation_handles = [], [], []
+        self._closed = True
+        self._remove_hooks()
 
 
 @dataclasses.dataclass
