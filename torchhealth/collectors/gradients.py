@@ -12,8 +12,6 @@ from torchhealth.collectors.base import Arrays, Collector, State, file_values, h
 from torchhealth.snapshot import TOTAL, Snapshot
 
 ParamEntry = tuple[str, str, torch.nn.Parameter]
-NARROW_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-"""Dtypes whose norms the norm kernel computes in float32 directly."""
 
 
 def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -24,9 +22,11 @@ def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
     """
     if not tensors:
         return torch.zeros(0, device=device)
-    kinds = {(t.device, t.dtype, t.layout) for t in tensors}
-    if all(dev == device and dtype in NARROW_FLOATS and layout == torch.strided for dev, dtype, layout in kinds):
-        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square_()  # the usual case
+    if tensors[0].device == device:
+        try:  # the usual case: dense float32/bf16/fp16 tensors on one device (checked by the kernel)
+            return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square_()
+        except (RuntimeError, NotImplementedError):
+            pass  # sparse, float64 or spread over devices: grouped below
     out: list[torch.Tensor | None] = [None] * len(tensors)
     groups: dict[tuple[torch.device, bool], list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
@@ -90,6 +90,8 @@ class GradientCollector(Collector):
         self.per_parameter = per_parameter
         self.index = LayerIndex(params, copies)
         self.names = [name for name, _, _ in params]
+        self._params = [p for _, _, p in params]
+        self._sharded = any(type(p) is not torch.nn.Parameter and hasattr(p, "to_local") for p in self._params)
         self._zero: torch.Tensor | None = None  # stands in for a missing gradient (one tensor, made once)
 
     def state(self) -> State:
@@ -98,10 +100,13 @@ class GradientCollector(Collector):
         self.device = current_device(self.params, self.device)
         if self._zero is None or self._zero.device != self.device:
             self._zero = torch.zeros((), device=self.device)
-        grads = [p.grad for _, _, p in self.params]
+        grads = [p.grad for p in self._params]
         # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
         present = host_values(g is not None for g in grads)
-        grads = [local_tensor(g) if g is not None else self._zero for g in grads]
+        if not present.all():
+            grads = [g if g is not None else self._zero for g in grads]
+        if self._sharded:  # FSDP2: the rank-local shards
+            grads = [local_tensor(g) for g in grads]
         return {"sq": (squared_norms(grads, self.device), "sum"), "present": (present, "sum")}
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
