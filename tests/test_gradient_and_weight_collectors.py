@@ -73,6 +73,20 @@ def test_sparse_gradients(strict_monitor):
     assert monitor.last_snapshot.stats["grad_norm"][TOTAL] == pytest.approx(float(dense.norm()), rel=1e-5)
 
 
+def test_gradient_norms_of_mixed_dtypes_match_reference(strict_monitor):
+    """One layer cast to float64 after attaching, one to bfloat16: the one-pass norm falls back per group."""
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    monitor = strict_monitor(model)
+    model[0].double()
+    model[2].bfloat16()
+    out = model[2](model[1](model[0](torch.randn(4, 5, dtype=torch.float64))).bfloat16())
+    out.float().pow(2).mean().backward()
+    monitor.step()
+    expected = naive_layer_norms(model, "grad")
+    assert monitor.last_snapshot.stats["grad_norm"] == pytest.approx(
+        {**expected, TOTAL: math.sqrt(sum(v * v for v in expected.values()))}, rel=1e-2)
+
+
 @pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam])
 def test_update_ratio_is_measured(strict_monitor, opt_cls):
     model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2))

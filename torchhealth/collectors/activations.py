@@ -62,7 +62,7 @@ class Site:
         # (output maximum, per-unit positive or saturated count, outputs, samples).
         self.seen: list[tuple[torch.Tensor, torch.Tensor, int, int]] = []
         self.shape: torch.Size | None = None  # the output shape whose unit axis was last worked out
-        self._reduce_dims: tuple[int, ...] | None = None
+        self.reduce_dims: tuple[int, ...] | None = None  # every axis of that shape but the unit axis
 
     def move(self, device: torch.device) -> None:
         """Moves the running state to ``device`` (outputs arrive there: the model was moved)."""
@@ -79,21 +79,14 @@ class Site:
         if self.kind == "relu":
             # ReLU outputs are >= 0, so sign() is 1 where positive and 0 where off (NaN aside, which is
             # flagged above); a float sum of it is several times faster on CPU than (x > 0).sum(dims).
-            dims = self._dims(x)
             signs = x.sign()
+            dims = self.reduce_dims
             count = signs.sum(dim=dims, dtype=torch.float32) if dims is not None else signs.sum(dtype=torch.float32)
         else:
             centred = x.abs() if self.kind == "tanh" else (x - 0.5).abs()  # |2(x - 0.5)| > L  <=>  |x - 0.5| > L/2
             count = (centred > (SATURATION_LEVEL if self.kind == "tanh" else SATURATION_LEVEL / 2)).sum(dtype=torch.float32)
         self.seen.append((largest, count, x.numel(),
                           x.shape[0] if self.axis == 1 or self.axis is None else x.numel() // max(self.units, 1)))
-
-    def _dims(self, x: torch.Tensor) -> tuple[int, ...] | None:
-        if self.axis is None:
-            return None
-        if self._reduce_dims is None or len(self._reduce_dims) != x.dim() - 1:
-            self._reduce_dims = tuple(d for d in range(x.dim()) if d != self.axis)
-        return self._reduce_dims
 
 
 class ActivationCollector(Collector):
@@ -232,31 +225,40 @@ class ActivationCollector(Collector):
 
     # -- statistics ----------------------------------------------------------------------------
     def _observe(self, name: str, kind: str, output: Any) -> None:
-        if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.dim() == 0 or output.numel() == 0:
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.numel() == 0 or not output.dim():
             return
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
-        key = (name, min(call, MAX_SITES_PER_MODULE - 1))
+        key = (name, call) if call < MAX_SITES_PER_MODULE else (name, MAX_SITES_PER_MODULE - 1)
         site = self.sites.get(key)
         x = output.detach()
         if site is None or x.shape != site.shape:  # the unit axis is worked out once per output shape
-            axis = unit_axis(x.shape, channels_first=x.dim() == 3 and x.shape[1] in self.facts.conv1d_channels)
-            units = x.shape[axis] if axis is not None else 1
+            site = self._site_for(key, kind, x)
             if site is None:
-                site_name = name if key[1] == 0 else f"{name}#{key[1]}"
-                site = self.sites[key] = Site(site_name, kind, units, axis, x.device, self.interval)
-                self._functional_seen = self._functional_seen or ":" in name
-                self.facts.activations.setdefault(site_name, kind)
-                self.facts.note_forward(site_name)
-            elif (axis, units) != (site.axis, site.units):
-                return  # another layout (an unbatched call, a capped site of another width): skip, never mix units
-            site.shape = x.shape
-            self._tensors = None
+                return
         if x.device != site.fires.device:
             site.move(x.device)
             self._tensors = None
         site.observe(x)
         self.observed.append(site)
+
+    def _site_for(self, key: tuple[str, int], kind: str, x: torch.Tensor) -> Site | None:
+        """The site of ``key`` for an output shaped like ``x`` (made on its first call), or None to skip it."""
+        name, site = key[0], self.sites.get(key)
+        axis = unit_axis(x.shape, channels_first=x.dim() == 3 and x.shape[1] in self.facts.conv1d_channels)
+        units = x.shape[axis] if axis is not None else 1
+        if site is None:
+            site_name = name if key[1] == 0 else f"{name}#{key[1]}"
+            site = self.sites[key] = Site(site_name, kind, units, axis, x.device, self.interval)
+            self._functional_seen = self._functional_seen or ":" in name
+            self.facts.activations.setdefault(site_name, kind)
+            self.facts.note_forward(site_name)
+        elif (axis, units) != (site.axis, site.units):
+            return None  # another layout (an unbatched call, a capped site of another width): never mix units
+        site.shape = x.shape
+        site.reduce_dims = tuple(d for d in range(x.dim()) if d != axis) if axis is not None else None
+        self._tensors = None
+        return site
 
     def file_step(self, offset: int) -> None:
         """Files what this step's forwards saw under the step's ``offset`` in the check interval.
