@@ -411,8 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f)
-    spread = (f"Measured in {args.processes} fresh processes: every figure is the median over them, the range "
-              "column their lowest and highest overhead." if args.processes > 1 else
+    spread = (f"Measured in {args.processes} fresh processes: every figure is the median over them (the overhead "
+              "is the median of the processes' overheads, not the ratio of the median steps), the range column "
+              "their lowest and highest overhead." if args.processes > 1 else
               "The range column is the middle half of the per-round ratios to plain.")
     text = (f"Machine: {machine(device)}. Defaults: check_every={defaults.check_every}, "
             f"log_every={defaults.log_every}, sample_every={defaults.sample_every}. "
