@@ -359,7 +359,8 @@ def machine(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # no abbreviations: --processes forwards every other option to its child processes by name
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--models", default=None, help="comma-separated subset, e.g. mlp16,conv6")
     parser.add_argument("--rounds", type=int, default=None,
@@ -446,7 +447,8 @@ def over_processes(argv: list[str], processes: int) -> dict[str, dict[str, dict[
         for i in range(processes):
             path = os.path.join(tmp, f"run{i}.json")
             print(f"process {i + 1} of {processes}", flush=True)
-            subprocess.run([sys.executable, os.path.abspath(__file__), *forwarded, "--json", path], check=True)
+            subprocess.run([sys.executable, os.path.abspath(__file__), *forwarded, "--processes", "1", "--json", path],
+                           check=True)
             with open(path) as f:
                 runs.append(json.load(f))
     out: dict[str, dict[str, dict[str, float]]] = {}

@@ -82,3 +82,31 @@ def test_monitor_adds_no_graph_break_to_the_forward():
         assert explanation.graph_break_count == 0, explanation.break_reasons
         assert explanation.graph_count == 1
     assert monitor.last_snapshot.stats["zero_fraction"]  # the compiled forward was observed
+
+
+@pytest.mark.parametrize("case", ["resumed_on_an_unsampled_step", "compiled_after_eager_steps"])
+def test_a_model_first_compiled_on_an_unsampled_step_still_reports_activations(case):
+    """Unsampled eager forwards carry no hooks; a compiled forward must still end up with them."""
+    torch.manual_seed(0)
+    model = conv_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = torchhealth.Monitor(model, opt, strict=True, check_every=2, log_every=2, sample_every=2)
+    forward = model
+    if case == "resumed_on_an_unsampled_step":  # a resumed run: the first forward is not sampled
+        forward = torch.compile(model, backend="aot_eager")
+        monitor.load_state_dict({**monitor.state_dict(), "step": 5})
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    reported = []
+    for step in range(8):
+        if case == "compiled_after_eager_steps" and step == 3:  # step 3 is not sampled
+            forward = torch.compile(model, backend="aot_eager")
+        loss = F.cross_entropy(forward(x), y)
+        loss.backward()
+        monitor.step(loss)
+        opt.step()
+        opt.zero_grad()
+        snapshot = monitor.last_snapshot
+        if forward is not model and snapshot is not None and snapshot.step == monitor.step_count - 1:
+            reported.append("zero_fraction" in snapshot.stats)
+    monitor.close()
+    assert reported and all(reported), reported

@@ -171,9 +171,7 @@ class Monitor:
         if self.weights is not None and (step + 1) % self.options.log_every == 0:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
-        sampling = self.step_count % self.options.sample_every == 0
-        if sampling != self.activations.sampling:
-            self.activations.sampling = sampling
+        self.activations.prepare(self.step_count % self.options.sample_every == 0)
         self._deliver(new)
         if not self._carried:
             return new

@@ -10,6 +10,7 @@ on sampled forwards; on other forwards a hook returns before touching the tensor
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -101,7 +102,8 @@ class ActivationCollector(Collector):
         self._sampling = True
         self._compiled = False  # set once a forward runs under torch.compile: hooks then stay
         self._closed = False
-        self._hook_handles: list[RemovableHandle] = []  # the model's and the activation modules' hooks
+        self._model_handles: list[RemovableHandle] = []  # the model's pre- and post-forward hooks
+        self._activation_handles: list[RemovableHandle] = []
         self.observed: list[Site] = []  # sites that saw outputs since the last ``file_step``
         self.sites: dict[tuple[str, int], Site] = {}
         self._calls: dict[str, int] = {}
@@ -121,7 +123,7 @@ class ActivationCollector(Collector):
         self._on_start = self._guard.wrap("activation hooks", self._on_model_start)
         # not switched off with the other hooks: it must always leave the function mode and global hooks
         self._on_end = self._guard.wrap("activation cleanup", self._on_model_end)
-        self._install_hooks()
+        self._update_hooks()
 
     @property
     def sampling(self) -> bool:
@@ -130,31 +132,42 @@ class ActivationCollector(Collector):
 
     @sampling.setter
     def sampling(self, on: bool) -> None:
+        self._sampling = on
+        self._update_hooks()
+
+    def prepare(self, sampling: bool) -> None:
+        """Sets whether the next forwards are sampled and gives the model the hooks that takes (cheap)."""
+        if sampling != self._sampling or (not self._model_handles and compiler_loaded()):
+            self.sampling = sampling
+
+    def _update_hooks(self) -> None:
         # In eager mode the model and its activation modules carry hooks only for sampled forwards:
         # any forward hook sends a module call down PyTorch's slow path, even one that returns at
-        # once. A compiled forward keeps the hooks it was traced with (hooks changed later are not
-        # seen), so once one has run (the first forward is sampled) the hooks stay and test
-        # ``sampling`` themselves.
-        self._sampling = on
-        if on or self._compiled:
-            self._install_hooks()
-        else:
-            self._remove_hooks()
-
-    def _install_hooks(self) -> None:
-        if self._hook_handles or self._closed:
+        # once. A compiled forward keeps the hooks it was traced with (hooks added later are not
+        # seen unless the model itself had a hook when it was traced), so once torch.compile is
+        # loaded the model's own hooks stay (whenever the first compiled forward runs, it then
+        # meets them, notes that it is compiled, and is recompiled with the activation hooks),
+        # and once a compiled forward has run every hook stays and tests ``sampling`` itself.
+        if self._closed:
             return
-        # activation hooks unguarded: they test a flag before calling guarded code
-        self._hook_handles = [self.model.register_forward_pre_hook(self._on_start),
-                              self.model.register_forward_hook(self._on_end, always_call=True),
-                              *(m.register_forward_hook(self._on_activation) for m in self._hooked)]
+        activation = self._sampling or self._compiled
+        if (activation or compiler_loaded()) and not self._model_handles:
+            self._model_handles = [self.model.register_forward_pre_hook(self._on_start),
+                                   self.model.register_forward_hook(self._on_end, always_call=True)]
+        if activation and not self._activation_handles:
+            # unguarded: they test a flag before calling guarded code
+            self._activation_handles = [m.register_forward_hook(self._on_activation) for m in self._hooked]
+        elif not activation:
+            self._remove_hooks(keep_model=compiler_loaded())
 
-    def _remove_hooks(self) -> None:
-        if self._mode is not None or self._global_handles:
-            self._on_model_end(self.model, (), None)  # a forward interrupted by a BaseException left them
-        for handle in self._hook_handles:
+    def _remove_hooks(self, keep_model: bool = False) -> None:
+        handles, self._activation_handles = self._activation_handles, []
+        if not keep_model:
+            if self._mode is not None or self._global_handles:
+                self._on_model_end(self.model, (), None)  # a forward interrupted by a BaseException left them
+            handles, self._model_handles = handles + self._model_handles, []
+        for handle in handles:
             handle.remove()
-        self._hook_handles = []
 
     # -- hooks ---------------------------------------------------------------------------------
     def _on_model_start(self, module: nn.Module, args: Any) -> None:
@@ -387,6 +400,11 @@ class _SiteTensors:
     positive: list[torch.Tensor]
     off: list[torch.Tensor]
     markers: list[torch.Tensor]
+
+
+def compiler_loaded() -> bool:
+    """Whether torch.compile's frontend (dynamo) has been imported in this process: a model may be compiled."""
+    return "torch._dynamo" in sys.modules
 
 
 def _recomputing() -> bool:

@@ -22,7 +22,7 @@ def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
     """
     if not tensors:
         return torch.zeros(0, device=device)
-    if tensors[0].device == device:
+    if tensors[0].device == device and tensors[-1].device == device:
         try:  # the usual case: dense float32/bf16/fp16 tensors on one device (checked by the kernel)
             return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square_()
         except (RuntimeError, NotImplementedError):
