@@ -136,7 +136,7 @@ class ActivationCollector(Collector):
         self._update_hooks()
 
     def prepare(self, sampling: bool) -> None:
-        """Sets whether the next forwards are sampled and gives the model the hooks that takes (cheap)."""
+        """Sets whether the next forwards are sampled, with the hooks that needs (called every step: cheap)."""
         if sampling != self._sampling or (not self._model_handles and compiler_loaded()):
             self.sampling = sampling
 
