@@ -396,10 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     if clock_name == "cpu" and device.type == "cuda":
         raise SystemExit("--clock cpu measures host CPU time only; use --clock wall with --device cuda")
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
-    results = {}
-    if args.processes > 1:
-        results = over_processes(argv if argv is not None else sys.argv[1:], args.processes)
-    for w in [] if args.processes > 1 else workloads(args.device, args.models.split(",") if args.models else None):
+    names = args.models.split(",") if args.models else None
+    workloads_here = [] if args.processes > 1 else workloads(args.device, names)  # else measured by the children
+    results = over_processes(argv if argv is not None else sys.argv[1:], args.processes) if args.processes > 1 else {}
+    for w in workloads_here:
         t0 = time.perf_counter()
         budget = args.budget_s if args.budget_s is not None else (90.0 if device.type == "cpu" else float("inf"))
         per_step = timing == "step"

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.test_monitor import all_hooks
 from torchhealth.collectors import activations
 
 
@@ -216,15 +217,14 @@ def test_unsampled_eager_forwards_run_without_any_monitor_hook(strict_monitor, m
     """
     monkeypatch.setattr(activations, "compiler_loaded", lambda: False)
     model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
-    hooks = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())  # noqa: E731
     monitor = strict_monitor(model, sample_every=3, check_every=1, log_every=1)
     carried = []
     for _ in range(6):
-        carried.append(hooks())
+        carried.append(all_hooks(model))
         run(monitor, model, torch.randn(2, 3))
     assert [n > 0 for n in carried] == [True, False, False, True, False, False]
     monitor.close()
-    assert hooks() == 0
+    assert all_hooks(model) == 0
 
 
 def test_evaluation_forwards_between_steps_are_not_counted(strict_monitor):

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from torchhealth.transfer import to_device
+from torchhealth.transfer import flat_float, to_device
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -35,7 +35,7 @@ def reduce_state(state: dict[Hashable, tuple[torch.Tensor | np.ndarray, str]]) -
         return {name: tensor for name, (tensor, _) in state.items()}
     device = _collective_device()
     names = list(state)
-    flat = torch.cat([to_device(_as_tensor(state[n][0]).detach().float().reshape(-1), device) for n in names])
+    flat = torch.cat([to_device(flat_float(_as_tensor(state[n][0])), device) for n in names])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     out, start = {}, 0
     for name in names:

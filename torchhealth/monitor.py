@@ -176,9 +176,7 @@ class Monitor:
         if not self._carried:
             return new
         carried, self._carried = self._carried, []  # already sent to the sinks by state_dict()
-        critical = [a for a in carried if a.severity == "critical"]
-        if self._raise_on_critical and critical:
-            raise TrainingHealthError(critical[0])
+        self._raise_critical(carried)
         return carried + new
 
     def log_validation(self, loss: torch.Tensor | float) -> None:
@@ -358,10 +356,15 @@ class Monitor:
         del self.alerts[:-MAX_ALERT_HISTORY]
         for sink in self.alert_sinks:
             self.guard.call(f"sink {sink.name}", sink.write_alerts, alerts)
-        if self._raise_on_critical and may_raise:
-            critical = [a for a in alerts if a.severity == "critical"]
-            if critical:
-                raise TrainingHealthError(critical[0])
+        if may_raise:
+            self._raise_critical(alerts)
+
+    def _raise_critical(self, alerts: list[Alert]) -> None:
+        """Raises the first critical alert of ``alerts`` when ``on_alert="raise"``."""
+        if self._raise_on_critical:
+            critical = next((a for a in alerts if a.severity == "critical"), None)
+            if critical is not None:
+                raise TrainingHealthError(critical)
 
     def _retire_failed_collectors(self) -> None:
         """Removes the hooks of collectors the guard switched off, so a failed part costs nothing.

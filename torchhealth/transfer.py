@@ -30,10 +30,10 @@ class HostCopy:
         self._joined = [isinstance(t, torch.Tensor) and (t.device.type != "cpu" or device.type == "cpu")
                         for t in tensors]
         self._shapes = [tuple(t.shape) for t in tensors]
-        self._host_side = [t if isinstance(t, np.ndarray) else _flat(t).numpy().copy().reshape(t.shape)
+        self._host_side = [t if isinstance(t, np.ndarray) else flat_float(t).numpy().copy().reshape(t.shape)
                            for t, joined in zip(tensors, self._joined) if not joined]
         self._event: torch.cuda.Event | None = None
-        joined = [_flat(t) for t, j in zip(tensors, self._joined) if j]
+        joined = [flat_float(t) for t, j in zip(tensors, self._joined) if j]
         if any(t.device != device for t in joined):  # state left on another device (a model spread over GPUs)
             joined = [t.to(device) for t in joined]
         flat = torch.cat(joined) if joined else torch.zeros(0)
@@ -67,7 +67,7 @@ class HostCopy:
         return out
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
+def flat_float(t: torch.Tensor) -> torch.Tensor:
     """``t`` as a 1-d float32 tensor without autograd history, with no operation it does not need."""
     if t.requires_grad:
         t = t.detach()

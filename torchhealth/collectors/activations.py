@@ -116,9 +116,8 @@ class ActivationCollector(Collector):
         self._mode: _FunctionalActivationMode | None = None
         self._global_handles: list[RemovableHandle] = []
         self._tensors: _SiteTensors | None = None  # the sites' tensors as lists, until a site is added or moved
-        self._order: list[Site] = []  # the sites of the last state(), in the order of its tensors
+        self._read: _SiteTensors | None = None  # the sites of the last state(), in the order of its tensors
         self._counted: list[int] = []  # their window samples at that check
-        self._layout_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._guard = guard or Guard(strict=True)
         self._on_start = self._guard.wrap("activation hooks", self._on_model_start)
         # not switched off with the other hooks: it must always leave the function mode and global hooks
@@ -163,16 +162,18 @@ class ActivationCollector(Collector):
     def _remove_hooks(self, keep_model: bool = False) -> None:
         handles, self._activation_handles = self._activation_handles, []
         if not keep_model:
-            if self._mode is not None or self._global_handles:
-                self._on_model_end(self.model, (), None)  # a forward interrupted by a BaseException left them
+            self._end_interrupted_forward()
             handles, self._model_handles = handles + self._model_handles, []
         for handle in handles:
             handle.remove()
 
     # -- hooks ---------------------------------------------------------------------------------
-    def _on_model_start(self, module: nn.Module, args: Any) -> None:
+    def _end_interrupted_forward(self) -> None:
         if self._mode is not None or self._global_handles:
             self._on_model_end(self.model, (), None)  # a forward interrupted by a BaseException left them
+
+    def _on_model_start(self, module: nn.Module, args: Any) -> None:
+        self._end_interrupted_forward()
         self._calls.clear()
         if torch.compiler.is_compiling():
             self._compiled = True
@@ -306,18 +307,20 @@ class ActivationCollector(Collector):
         if self._tensors is None:
             order = list(self.sites.values())
             device = order[0].fires.device
+            units = np.array([s.units for s in order])
             self._tensors = _SiteTensors(
                 order, device, all(s.fires.device == device for s in order), [s.fires for s in order],
-                [s.positive for s in order], [s.off for s in order], [s.flags.flags for s in order])
+                [s.positive for s in order], [s.off for s in order], [s.flags.flags for s in order],
+                units, np.concatenate([[0], np.cumsum(units)[:-1]]), np.array([s.kind == "relu" for s in order]))
         return self._tensors
 
     # -- collector contract --------------------------------------------------------------------
     def state(self) -> State:
         if not self.sites:
-            self._order = []
+            self._read = None
             return {}
-        tensors = self._site_tensors()
-        self._order = order = tensors.order
+        self._read = tensors = self._site_tensors()
+        order = tensors.order
         self._counted = [s.window_samples for s in order]
 
         def gather(parts: list[torch.Tensor]) -> list[torch.Tensor]:  # a model spread over devices
@@ -334,14 +337,6 @@ class ActivationCollector(Collector):
             "samples": (host_values(self._counted), "sum"),
         }
 
-    def _layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Units per site, where each site's units start, and which sites are ReLUs (cached: sites only get added)."""
-        if self._layout_cache is None or len(self._layout_cache[0]) != len(self._order):
-            units = np.array([s.units for s in self._order])
-            self._layout_cache = (units, np.concatenate([[0], np.cumsum(units)[:-1]]),
-                                  np.array([s.kind == "relu" for s in self._order]))
-        return self._layout_cache
-
     def reset_interval(self) -> None:
         if not self.sites:
             return
@@ -352,10 +347,10 @@ class ActivationCollector(Collector):
             site.numel = 0
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
-        order = self._order
-        if not order or "fires" not in state:
+        read = self._read
+        if read is None or "fires" not in state:
             return
-        units, starts, relu = self._layout()
+        order, units, starts, relu = read.order, read.units, read.starts, read.relu
         positive = state["positive"].astype(np.float64)
         fires = state["fires"] + positive  # per unit, over the window so far
         numel = state["numel"]
@@ -391,7 +386,8 @@ class ActivationCollector(Collector):
 
 @dataclasses.dataclass
 class _SiteTensors:
-    """Every site's running tensors, as lists in site order, for batched (foreach) operations."""
+    """Every site's running tensors, as lists in site order, for batched (foreach) operations, and
+    the layout of their concatenation that ``finish`` reads."""
 
     order: list[Site]
     device: torch.device  # of the first site: state is gathered there
@@ -400,6 +396,9 @@ class _SiteTensors:
     positive: list[torch.Tensor]
     off: list[torch.Tensor]
     markers: list[torch.Tensor]
+    units: np.ndarray  # per site
+    starts: np.ndarray  # where each site's units start in ``fires`` and ``positive``
+    relu: np.ndarray  # which sites are ReLUs
 
 
 def compiler_loaded() -> bool:

@@ -9,10 +9,8 @@ import numpy as np
 import torch
 
 from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, host_values
-from torchhealth.collectors.tripwire import LossTripwire
+from torchhealth.collectors.tripwire import FLOAT32_MAX, LossTripwire
 from torchhealth.snapshot import Snapshot
-
-FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class LossCollector(Collector):
@@ -51,7 +49,7 @@ class LossCollector(Collector):
             Whether the trip-wire asks for an early check (tested before this step's loss is
             recorded: on a GPU its copy to the host is still in flight).
         """
-        tripped = self.tripwire is not None and self.tripwire.tripped()
+        tripped = self.tripped()
         if loss is not None:
             self.record(loss, offset)
         self.end_step(offset)
