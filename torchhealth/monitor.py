@@ -172,7 +172,8 @@ class Monitor:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
         self.activations.prepare(self.step_count % self.options.sample_every == 0)
-        self._deliver(new)
+        if new:
+            self._deliver(new)
         if not self._carried:
             return new
         carried, self._carried = self._carried, []  # already sent to the sinks by state_dict()

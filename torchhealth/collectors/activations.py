@@ -64,6 +64,8 @@ class Site:
         self.seen: list[tuple[torch.Tensor, torch.Tensor, int, int]] = []
         self.shape: torch.Size | None = None  # the output shape whose unit axis was last worked out
         self.reduce_dims: tuple[int, ...] | None = None  # every axis of that shape but the unit axis
+        self.per_call = (0, 0)  # outputs and samples in one output of that shape
+        self.device_index = self.fires.get_device()  # compared per call: cheaper than building a torch.device
 
     def move(self, device: torch.device) -> None:
         """Moves the running state to ``device`` (outputs arrive there: the model was moved)."""
@@ -71,6 +73,7 @@ class Site:
             self.fires, self.positive, self.off = (t.to(device) for t in (self.fires, self.positive, self.off))
             self.flags.to(device)
         self.target = self.positive if self.kind == "relu" else self.off
+        self.device_index = self.fires.get_device()
 
     def observe(self, x: torch.Tensor) -> None:
         """Adds one output tensor's statistics (``x`` on the site's device). No host synchronization."""
@@ -86,8 +89,8 @@ class Site:
         else:
             centred = x.abs() if self.kind == "tanh" else (x - 0.5).abs()  # |2(x - 0.5)| > L  <=>  |x - 0.5| > L/2
             count = (centred > (SATURATION_LEVEL if self.kind == "tanh" else SATURATION_LEVEL / 2)).sum(dtype=torch.float32)
-        self.seen.append((largest, count, x.numel(),
-                          x.shape[0] if self.axis == 1 or self.axis is None else x.numel() // max(self.units, 1)))
+        numel, samples = self.per_call
+        self.seen.append((largest, count, numel, samples))
 
 
 class ActivationCollector(Collector):
@@ -104,7 +107,7 @@ class ActivationCollector(Collector):
         self._closed = False
         self._model_handles: list[RemovableHandle] = []  # the model's pre- and post-forward hooks
         self._activation_handles: list[RemovableHandle] = []
-        self.observed: list[Site] = []  # sites that saw outputs since the last ``file_step``
+        self.observed: list[Site] = []  # sites that saw outputs since the last ``file_step``, each once
         self.sites: dict[tuple[str, int], Site] = {}
         self._calls: dict[str, int] = {}
         self._names = {m: clean_name(n) for n, m in self.model.named_modules()}
@@ -239,7 +242,7 @@ class ActivationCollector(Collector):
 
     # -- statistics ----------------------------------------------------------------------------
     def _observe(self, name: str, kind: str, output: Any) -> None:
-        if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.numel() == 0 or not output.dim():
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             return
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
@@ -247,14 +250,15 @@ class ActivationCollector(Collector):
         site = self.sites.get(key)
         x = output.detach()
         if site is None or x.shape != site.shape:  # the unit axis is worked out once per output shape
-            site = self._site_for(key, kind, x)
+            site = self._site_for(key, kind, x) if x.numel() and x.dim() else None
             if site is None:
                 return
-        if x.device != site.fires.device:
+        if x.get_device() != site.device_index:
             site.move(x.device)
             self._tensors = None
+        if not site.seen:  # its first call in this step: ``observed`` lists each site once
+            self.observed.append(site)
         site.observe(x)
-        self.observed.append(site)
 
     def _site_for(self, key: tuple[str, int], kind: str, x: torch.Tensor) -> Site | None:
         """The site of ``key`` for an output shaped like ``x`` (made on its first call), or None to skip it."""
@@ -271,6 +275,7 @@ class ActivationCollector(Collector):
             return None  # another layout (an unbatched call, a capped site of another width): never mix units
         site.shape = x.shape
         site.reduce_dims = tuple(d for d in range(x.dim()) if d != axis) if axis is not None else None
+        site.per_call = (x.numel(), x.shape[0] if axis == 1 or axis is None else x.numel() // max(units, 1))
         self._tensors = None
         return site
 
@@ -283,9 +288,8 @@ class ActivationCollector(Collector):
         """
         if not self.observed:
             return
-        sites = list(dict.fromkeys(self.observed))
-        self.observed.clear()
-        largest, counts = [], []
+        sites, self.observed = self.observed, []
+        largest, counts, slots, targets = [], [], [], []
         for site in sites:
             seen, site.seen = site.seen, []
             if len(seen) == 1:  # the usual case: one call of the site in this step
@@ -295,12 +299,13 @@ class ActivationCollector(Collector):
                 count, numel, samples = (sum(column) for column in list(zip(*seen))[1:])
             largest.append(most)
             counts.append(count)
+            slots.append(site.flags.slot(offset))
+            targets.append(site.target)
             site.numel += numel
             site.window_samples += samples
-        slots = [site.flags.slot(offset) for site in sites]
         if slots[0] is not None:
             torch._foreach_add_(slots, largest)
-        torch._foreach_add_([site.target for site in sites], counts)
+        torch._foreach_add_(targets, counts)
 
     def _site_tensors(self) -> "_SiteTensors":
         """The sites' running tensors as lists in site order (kept until a site is added or moved)."""

@@ -93,6 +93,8 @@ class GradientCollector(Collector):
         self._params = [p for _, _, p in params]
         self._sharded = any(type(p) is not torch.nn.Parameter and hasattr(p, "to_local") for p in self._params)
         self._zero: torch.Tensor | None = None  # stands in for a missing gradient (one tensor, made once)
+        self._all_present = host_values([1.0] * len(params))  # read-only: the usual ``present``
+        self._all_present.flags.writeable = False
 
     def state(self) -> State:
         if not self.params:
@@ -102,9 +104,11 @@ class GradientCollector(Collector):
             self._zero = torch.zeros((), device=self.device)
         grads = [p.grad for p in self._params]
         # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
-        present = host_values(g is not None for g in grads)
-        if not present.all():
+        if any(g is None for g in grads):  # (not ``None in grads``: that compares every tensor with None)
+            present = host_values(g is not None for g in grads)
             grads = [g if g is not None else self._zero for g in grads]
+        else:
+            present = self._all_present
         if self._sharded:  # FSDP2: the rank-local shards
             grads = [local_tensor(g) for g in grads]
         return {"sq": (squared_norms(grads, self.device), "sum"), "present": (present, "sum")}

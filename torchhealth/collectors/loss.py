@@ -29,6 +29,7 @@ class LossCollector(Collector):
             self.losses = StepFlags(interval, device)  # each step's loss (micro-batches summed) at its offset
             self._val = torch.zeros(2, device=device)  # [sum of validation losses, count]
         self.device = self._val.device  # with its index: losses from elsewhere move the state (``_follow``)
+        self._device_index = self._val.get_device()  # compared per step: cheaper than building a torch.device
         self._host_losses = self._host_view()
         self._counts = [0] * interval  # losses recorded at each offset (known on the host without a sync)
 
@@ -37,7 +38,7 @@ class LossCollector(Collector):
         if not 0 <= offset < len(self._counts):
             return
         value = self._as_scalar(loss)
-        if value.device != self.device:
+        if value.get_device() != self._device_index:
             self._follow(value.device)
         self.losses.mark(offset, value)
         self._counts[offset] += 1
@@ -49,7 +50,7 @@ class LossCollector(Collector):
             Whether the trip-wire asks for an early check (tested before this step's loss is
             recorded: on a GPU its copy to the host is still in flight).
         """
-        tripped = self.tripped()
+        tripped = self.tripwire is not None and self.tripwire.tripped()
         if loss is not None:
             self.record(loss, offset)
         self.end_step(offset)
@@ -60,13 +61,17 @@ class LossCollector(Collector):
         if self.tripwire is None or not 0 <= offset < len(self._counts) or not self._counts[offset]:
             return
         if self._host_losses is not None:
-            self.tripwire.record_value(float(self._host_losses[offset]), self._counts[offset])
+            self.tripwire.record_value(self._host_losses[offset], self._counts[offset])
         else:
             self.tripwire.record(self.losses.slot(offset), self._counts[offset], offset)
 
-    def _host_view(self) -> np.ndarray | None:
-        """The per-step losses' memory as numpy, when they are on the CPU (read without a torch call)."""
-        return self.losses.flags.numpy() if self.losses.flags.device.type == "cpu" else None
+    def _host_view(self) -> memoryview | None:
+        """The per-step losses' memory, when they are on the CPU (read without a torch call).
+
+        A memoryview: indexing it gives a Python float directly, several times cheaper than a
+        numpy scalar on a step whose caches the backward pass has just emptied.
+        """
+        return memoryview(self.losses.flags.numpy()) if self.losses.flags.device.type == "cpu" else None
 
     def tripped(self) -> bool:
         """Whether the trip-wire asks for an early check (see collectors/tripwire.py)."""
@@ -81,7 +86,7 @@ class LossCollector(Collector):
     def _as_scalar(self, loss: torch.Tensor | float) -> torch.Tensor:
         if isinstance(loss, torch.Tensor):
             value = loss.detach()
-            if value.dim() == 0 and value.dtype == torch.float32:  # the usual loss: no conversion at all
+            if value.dtype is torch.float32 and value.dim() == 0:  # the usual loss: no conversion at all
                 return value
             return value.float().mean() if value.numel() != 1 else value.float().reshape(())
         if isinstance(loss, numbers.Real) and not isinstance(loss, bool):  # numbers.Real: numpy scalars too
@@ -97,6 +102,7 @@ class LossCollector(Collector):
         with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
             self._val = self._val.to(device)
             self.losses.to(device)
+        self._device_index = self._val.get_device()
         self._host_losses = self._host_view()
 
     def state(self) -> State:

@@ -75,11 +75,16 @@ class LossTripwire:
 
     def tripped(self) -> bool:
         """Whether a loss copied since the last call jumped or went non-finite (False while in flight)."""
-        losses, self._on_host = self._on_host, []
+        losses = self._on_host
+        if losses:
+            self._on_host = []
         if self._untested and (self._event is None or self._event.query()):
-            losses += [(float(self._values[offset]), count) for offset, count in self._untested]
+            losses = losses + [(float(self._values[offset]), count) for offset, count in self._untested]
             self._untested = []
         limit = self.limit
-        # |loss|: objectives such as negative log-likelihoods can be negative. NaN and Inf fail the
-        # comparison too (strict: Inf is not below an infinite limit), so one test covers both.
-        return any(not abs(total) < limit * count for total, count in losses)
+        for total, count in losses:
+            # |loss|: objectives such as negative log-likelihoods can be negative. NaN and Inf fail
+            # the comparison too (strict: Inf is not below an infinite limit), so one test covers both.
+            if not abs(total) < limit * count:
+                return True
+        return False
