@@ -9,6 +9,7 @@ on sampled forwards; on other forwards a hook returns before touching the tensor
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sys
 from typing import Any, Callable
@@ -39,11 +40,13 @@ FUNCTIONAL_ACTIVATIONS: dict[Callable[..., Any], str] = {
 
 
 class Site:
-    """Running statistics of one activation site, on the device of its outputs.
+    """Running statistics of one activation site.
 
     A sampled forward costs three small kernels at a ReLU site (amax; sign, sum), four at a tanh
     site and five at a sigmoid site; ``ActivationCollector.file_step`` adds them into the running state for all
     sites at once, and everything derived (zero fraction, window totals) is computed at the check.
+    A new site's tensors are its own, on the device of its outputs; from the next check on they
+    are views of the collector's buffers (``bind``), which hold every site's state side by side.
     """
 
     def __init__(self, name: str, kind: str, units: int, axis: int | None, device: torch.device, interval: int):
@@ -65,15 +68,15 @@ class Site:
         self.shape: torch.Size | None = None  # the output shape whose unit axis was last worked out
         self.reduce_dims: tuple[int, ...] | None = None  # every axis of that shape but the unit axis
         self.per_call = (0, 0)  # outputs and samples in one output of that shape
-        self.device_index = self.fires.get_device()  # compared per call: cheaper than building a torch.device
+        self.device = self.fires.device  # where its outputs arrive
+        self.device_index = self.home = self.fires.get_device()  # of the outputs, of the running tensors
 
-    def move(self, device: torch.device) -> None:
-        """Moves the running state to ``device`` (outputs arrive there: the model was moved)."""
-        with torch.inference_mode(False):
-            self.fires, self.positive, self.off = (t.to(device) for t in (self.fires, self.positive, self.off))
-            self.flags.to(device)
+    def bind(self, fires: torch.Tensor, positive: torch.Tensor, off: torch.Tensor, markers: torch.Tensor) -> None:
+        """Keeps the running state in these tensors from now on (views of the collector's buffers)."""
+        self.fires, self.positive, self.off = fires, positive, off
+        self.flags.use(markers)
         self.target = self.positive if self.kind == "relu" else self.off
-        self.device_index = self.fires.get_device()
+        self.home = fires.get_device()
 
     def observe(self, x: torch.Tensor) -> None:
         """Adds one output tensor's statistics (``x`` on the site's device). No host synchronization."""
@@ -253,8 +256,8 @@ class ActivationCollector(Collector):
             site = self._site_for(key, kind, x) if x.numel() and x.dim() else None
             if site is None:
                 return
-        if x.get_device() != site.device_index:
-            site.move(x.device)
+        if x.get_device() != site.device_index:  # the model was moved: the buffers follow at the next check
+            site.device, site.device_index = x.device, x.get_device()
             self._tensors = None
         if not site.seen:  # its first call in this step: ``observed`` lists each site once
             self.observed.append(site)
@@ -268,6 +271,7 @@ class ActivationCollector(Collector):
         if site is None:
             site_name = name if key[1] == 0 else f"{name}#{key[1]}"
             site = self.sites[key] = Site(site_name, kind, units, axis, x.device, self.interval)
+            self._tensors = None  # laid out into the buffers at the next check
             self._functional_seen = self._functional_seen or ":" in name
             self.facts.activations.setdefault(site_name, kind)
             self.facts.note_forward(site_name)
@@ -276,7 +280,6 @@ class ActivationCollector(Collector):
         site.shape = x.shape
         site.reduce_dims = tuple(d for d in range(x.dim()) if d != axis) if axis is not None else None
         site.per_call = (x.numel(), x.shape[0] if axis == 1 or axis is None else x.numel() // max(units, 1))
-        self._tensors = None
         return site
 
     def file_step(self, offset: int) -> None:
@@ -284,10 +287,13 @@ class ActivationCollector(Collector):
 
         Called by the monitor once per step, outside the forward; returns at once on steps whose
         forwards were not sampled. Two launches for all sites (and one more for each site called
-        several times in the step), no host synchronization.
+        several times in the step, or whose outputs are on another device than the buffers), no
+        host synchronization.
         """
         if not self.observed:
             return
+        if self._tensors is None:  # a new site, or the model moved: the buffers are laid out first
+            self._site_tensors()
         sites, self.observed = self.observed, []
         largest, counts, slots, targets = [], [], [], []
         for site in sites:
@@ -297,6 +303,8 @@ class ActivationCollector(Collector):
             else:  # several calls: their largest output (a sum could overflow in fp16), their counts summed
                 most = torch.stack([m for m, _, _, _ in seen]).amax()
                 count, numel, samples = (sum(column) for column in list(zip(*seen))[1:])
+            if site.device_index != site.home:  # a model spread over devices: the buffers are on one of them
+                most, count = most.to(site.fires.device), count.to(site.fires.device)
             largest.append(most)
             counts.append(count)
             slots.append(site.flags.slot(offset))
@@ -308,15 +316,26 @@ class ActivationCollector(Collector):
         torch._foreach_add_(targets, counts)
 
     def _site_tensors(self) -> "_SiteTensors":
-        """The sites' running tensors as lists in site order (kept until a site is added or moved)."""
+        """Every site's running state side by side in two buffers (laid out again when a site is
+        added or the model moved): a check reads them and resets them with no per-site operation.
+        They live where most sites' outputs arrive."""
         if self._tensors is None:
             order = list(self.sites.values())
-            device = order[0].fires.device
+            devices = collections.Counter(s.device for s in order)
+            device = max(devices, key=devices.__getitem__)
             units = np.array([s.units for s in order])
-            self._tensors = _SiteTensors(
-                order, device, all(s.fires.device == device for s in order), [s.fires for s in order],
-                [s.positive for s in order], [s.off for s in order], [s.flags.flags for s in order],
-                units, np.concatenate([[0], np.cumsum(units)[:-1]]), np.array([s.kind == "relu" for s in order]))
+            total, n = int(units.sum()), len(order)
+            starts = np.concatenate([[0], np.cumsum(units)[:-1]]).astype(np.intp)
+            with torch.inference_mode(False):  # the values so far move into the new buffers
+                window = torch.cat([s.fires.to(device) for s in order])
+                interval = torch.cat([s.positive.to(device) for s in order] + [s.off.reshape(1).to(device) for s in order]
+                                     + [s.flags.flags.to(device) for s in order])
+            markers = interval[total + n:]
+            for i, (site, start, count) in enumerate(zip(order, starts.tolist(), units.tolist())):
+                site.bind(window[start:start + count], interval[start:start + count], interval[total + i],
+                          markers[i * self.interval:(i + 1) * self.interval])
+            self._tensors = _SiteTensors(order, window, interval, interval[:total], interval[total:total + n],
+                                         markers, units, starts, np.array([s.kind == "relu" for s in order]))
         return self._tensors
 
     # -- collector contract --------------------------------------------------------------------
@@ -327,17 +346,11 @@ class ActivationCollector(Collector):
         self._read = tensors = self._site_tensors()
         order = tensors.order
         self._counted = [s.window_samples for s in order]
-
-        def gather(parts: list[torch.Tensor]) -> list[torch.Tensor]:  # a model spread over devices
-            if tensors.one_device:
-                return parts
-            return [t if t.device == tensors.device else t.to(tensors.device) for t in parts]
-
-        return {  # four launches; the rest are host numbers, used in ``finish``
-            "fires": (torch.cat(gather(tensors.fires)), "sum"),
-            "positive": (torch.cat(gather(tensors.positive)), "sum"),
-            "off": (torch.stack(gather(tensors.off)), "sum"),
-            "markers": (torch.stack(gather(tensors.markers)), "sum"),
+        return {  # views of the buffers, no launch; the rest are host numbers, used in ``finish``
+            "fires": (tensors.window, "sum"),
+            "positive": (tensors.positive, "sum"),
+            "off": (tensors.off, "sum"),
+            "markers": (tensors.markers, "sum"),
             "numel": (host_values(s.numel for s in order), "sum"),
             "samples": (host_values(self._counted), "sum"),
         }
@@ -345,9 +358,9 @@ class ActivationCollector(Collector):
     def reset_interval(self) -> None:
         if not self.sites:
             return
-        tensors = self._site_tensors()  # one launch each, not several per site
-        torch._foreach_add_(tensors.fires, tensors.positive)
-        torch._foreach_zero_(tensors.positive + tensors.off + tensors.markers)
+        tensors = self._site_tensors()  # two launches for all sites
+        tensors.window.add_(tensors.positive)
+        tensors.interval.zero_()
         for site in tensors.order:
             site.numel = 0
 
@@ -377,8 +390,11 @@ class ActivationCollector(Collector):
                     snapshot.window_samples = max(snapshot.window_samples, int(count))
         if closed:
             # the device state holds exactly this window: later forwards are in ``positive`` until the next check
-            torch._foreach_zero_([site.fires for site in closed])
-        markers = state["markers"]
+            if len(closed) == len(order) and self._tensors is read:  # the usual case: every window closes together
+                read.window.zero_()
+            else:
+                torch._foreach_zero_([site.fires for site in closed])
+        markers = state["markers"].reshape(len(order), -1)
         if not np.isfinite(markers.sum()):  # some step saw a non-finite output (a sum of finite maxima rarely overflows)
             for site, offset in zip(order, first_nonfinite(markers).tolist()):
                 if offset >= 0:
@@ -391,18 +407,17 @@ class ActivationCollector(Collector):
 
 @dataclasses.dataclass
 class _SiteTensors:
-    """Every site's running tensors, as lists in site order, for batched (foreach) operations, and
-    the layout of their concatenation that ``finish`` reads."""
+    """The buffers that hold every site's running state (on the first site's output device), the
+    views a check reads, and the layout that ``finish`` reads them with."""
 
     order: list[Site]
-    device: torch.device  # of the first site: state is gathered there
-    one_device: bool
-    fires: list[torch.Tensor]
-    positive: list[torch.Tensor]
-    off: list[torch.Tensor]
-    markers: list[torch.Tensor]
+    window: torch.Tensor  # every site's ``fires``, in site order
+    interval: torch.Tensor  # what one check interval adds: ``positive``, then ``off``, then ``markers``
+    positive: torch.Tensor  # every site's ``positive``
+    off: torch.Tensor  # every site's ``off``
+    markers: torch.Tensor  # every site's step markers, one row of ``interval`` length per site, flattened
     units: np.ndarray  # per site
-    starts: np.ndarray  # where each site's units start in ``fires`` and ``positive``
+    starts: np.ndarray  # where each site's units start in ``window`` and ``positive``
     relu: np.ndarray  # which sites are ReLUs
 
 

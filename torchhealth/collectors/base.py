@@ -83,13 +83,16 @@ class StepFlags:
     """
 
     def __init__(self, length: int, device: torch.device) -> None:
-        self.flags = torch.zeros(length, device=device)
-        self._slots = self.flags.unbind()  # views made once: marking is one add, not an index + add
+        self.use(torch.zeros(length, device=device))
+
+    def use(self, flags: torch.Tensor) -> None:
+        """Keeps the markers in ``flags`` (a 1-d tensor of the same length) from now on."""
+        self.flags = flags
+        self._slots = flags.unbind()  # views made once: marking is one add, not an index + add
 
     def to(self, device: torch.device) -> None:
         """Moves the markers to ``device``."""
-        self.flags = self.flags.to(device)
-        self._slots = self.flags.unbind()
+        self.use(self.flags.to(device))
 
     def slot(self, offset: int) -> torch.Tensor | None:
         """The 0-d view at ``offset`` (None outside the interval), for batched in-place adds."""
