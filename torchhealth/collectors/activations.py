@@ -45,8 +45,9 @@ class Site:
     A sampled forward costs three small kernels at a ReLU site (amax; sign, sum), four at a tanh
     site and five at a sigmoid site; ``ActivationCollector.file_step`` adds them into the running state for all
     sites at once, and everything derived (zero fraction, window totals) is computed at the check.
-    A new site's tensors are its own, on the device of its outputs; from the next check on they
-    are views of the collector's buffers (``bind``), which hold every site's state side by side.
+    A new site's tensors are its own, on the device of its outputs; before its statistics are
+    filed they become views of the collector's buffers (``bind``), which hold every site's state
+    side by side.
     """
 
     def __init__(self, name: str, kind: str, units: int, axis: int | None, device: torch.device, interval: int):
@@ -256,7 +257,7 @@ class ActivationCollector(Collector):
             site = self._site_for(key, kind, x) if x.numel() and x.dim() else None
             if site is None:
                 return
-        if x.get_device() != site.device_index:  # the model was moved: the buffers follow at the next check
+        if x.get_device() != site.device_index:  # the model was moved: the buffers follow before filing
             site.device, site.device_index = x.device, x.get_device()
             self._tensors = None
         if not site.seen:  # its first call in this step: ``observed`` lists each site once
@@ -271,7 +272,7 @@ class ActivationCollector(Collector):
         if site is None:
             site_name = name if key[1] == 0 else f"{name}#{key[1]}"
             site = self.sites[key] = Site(site_name, kind, units, axis, x.device, self.interval)
-            self._tensors = None  # laid out into the buffers at the next check
+            self._tensors = None  # laid out into the buffers before its statistics are filed
             self._functional_seen = self._functional_seen or ":" in name
             self.facts.activations.setdefault(site_name, kind)
             self.facts.note_forward(site_name)
@@ -407,7 +408,7 @@ class ActivationCollector(Collector):
 
 @dataclasses.dataclass
 class _SiteTensors:
-    """The buffers that hold every site's running state (on the first site's output device), the
+    """The buffers that hold every site's running state (where most sites' outputs arrive), the
     views a check reads, and the layout that ``finish`` reads them with."""
 
     order: list[Site]
