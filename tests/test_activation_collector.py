@@ -113,6 +113,46 @@ def test_module_called_several_times_gets_a_site_per_call(strict_monitor):
     assert monitor.facts.forward_order.index("act") < monitor.facts.forward_order.index("act#1")
 
 
+def test_a_site_first_seen_mid_window_keeps_what_the_other_sites_counted(strict_monitor):
+    """A new site lays the collector's buffers out again; the counts of the interval and of the
+    dead-unit window so far must move with them."""
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act1 = nn.Linear(4, 8), nn.ReLU()
+            self.fc2, self.act2 = nn.Linear(8, 8), nn.ReLU()
+            self.second = False
+
+        def forward(self, x):
+            h = self.act1(self.fc1(x))
+            return self.act2(self.fc2(h)) if self.second else h
+
+    model = Branch()
+    with torch.no_grad():
+        model.fc1.weight.zero_()
+        model.fc1.weight[2, 0] = 1.0
+        model.fc1.bias.copy_(torch.tensor([-100.0, -100.0, -5.0, 1, 1, 1, 1, 1]))  # unit 2 fires if x0 > 5
+        model.fc2.weight.zero_()
+        model.fc2.bias.copy_(torch.tensor([1.0, 1, 1, 1, -1, -1, -1, -1]))  # units 4..7 never fire
+    monitor = strict_monitor(model, check_every=2, log_every=2, window_samples=48)
+    second_outputs = []
+    model.act2.register_forward_hook(lambda m, a, out: second_outputs.append(out.detach().clone()))
+    x = torch.zeros(16, 4)
+    run(monitor, model, x + 10)  # step 0, a check: unit 2 fires, in this step only
+    run(monitor, model, x)  # step 1
+    model.second = True
+    snap = run(monitor, model, x)  # step 2: act2 appears; the check covers steps 1 and 2
+    assert snap.stats["zero_fraction"]["act1"] == pytest.approx(3 / 8)  # units 0, 1, 2 off in both steps
+    assert snap.stats["zero_fraction"]["act2"] == pytest.approx(float((second_outputs[0] == 0).float().mean()))
+    assert snap.stats["dead_units"] == {"act1": pytest.approx(2 / 8)}  # 48 samples: unit 2 fired at step 0
+    # act1's window closed alone: act2's window goes on with what it counted at step 2
+    with torch.no_grad():
+        model.fc2.bias[0] = -1.0  # act2's unit 0 fired at step 2 only
+    run(monitor, model, x)  # step 3
+    snap = run(monitor, model, x)  # step 4: act2 has 48 samples, act1's new window 32
+    assert snap.stats["dead_units"] == {"act2": pytest.approx(4 / 8)}
+
+
 def test_functional_relu_is_named_after_its_module(strict_monitor):
     class Block(nn.Module):
         def __init__(self):
