@@ -253,7 +253,7 @@ def test_unsampled_forwards_are_not_observed(strict_monitor):
 def test_unsampled_eager_forwards_run_without_any_monitor_hook(strict_monitor, monkeypatch):
     """Any module hook sends a call down PyTorch's slow path: unsampled forwards must carry none.
 
-    (Once torch.compile is loaded in the process the model's own two hooks stay: see test_compile.)
+    (Once torch.compile is loaded in the process the model's pre-forward hook stays: see below.)
     """
     monkeypatch.setattr(activations, "compiler_loaded", lambda: False)
     model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
@@ -263,6 +263,23 @@ def test_unsampled_eager_forwards_run_without_any_monitor_hook(strict_monitor, m
         carried.append(all_hooks(model))
         run(monitor, model, torch.randn(2, 3))
     assert [n > 0 for n in carried] == [True, False, False, True, False, False]
+    monitor.close()
+    assert all_hooks(model) == 0
+
+
+def test_unsampled_forwards_carry_only_the_model_pre_hook_once_torch_compile_is_loaded(strict_monitor):
+    """Creating any torch.optim optimizer imports dynamo, so this is what a real training loop
+    pays on an unsampled forward: the one hook a later torch.compile must find (test_compile)."""
+    torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    assert activations.compiler_loaded()
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    monitor = strict_monitor(model, sample_every=3, check_every=1, log_every=1)
+    carried = []
+    for _ in range(4):
+        carried.append((len(model._forward_pre_hooks), len(model._forward_hooks), all_hooks(model[1])))
+        run(monitor, model, torch.randn(2, 3))
+    # sampled: pre- and post-forward hooks on the model, one on the ReLU; unsampled: the pre-hook only
+    assert carried == [(1, 1, 1), (1, 0, 0), (1, 0, 0), (1, 1, 1)]
     monitor.close()
     assert all_hooks(model) == 0
 

@@ -54,7 +54,7 @@ COLLECTOR_FAULTS = [
     (ActivationCollector, "reset_interval", {"zero_fraction", "saturation"}),
     (ActivationCollector, "finish", {"zero_fraction", "saturation"}),
     (ActivationCollector, "_observe", {"zero_fraction", "saturation"}),  # runs inside the forward hooks
-    (ActivationCollector, "_on_model_start", {"zero_fraction", "saturation"}),
+    (ActivationCollector, "_start_sampled_forward", {"zero_fraction", "saturation"}),  # the model pre-hook's work
 ]
 
 

@@ -109,7 +109,8 @@ class ActivationCollector(Collector):
         self._sampling = True
         self._compiled = False  # set once a forward runs under torch.compile: hooks then stay
         self._closed = False
-        self._model_handles: list[RemovableHandle] = []  # the model's pre- and post-forward hooks
+        self._start_handle: RemovableHandle | None = None  # the model's pre-forward hook
+        self._end_handle: RemovableHandle | None = None  # the model's post-forward hook
         self._activation_handles: list[RemovableHandle] = []
         self.observed: list[Site] = []  # sites that saw outputs since the last ``file_step``, each once
         self.sites: dict[tuple[str, int], Site] = {}
@@ -126,7 +127,6 @@ class ActivationCollector(Collector):
         self._read: _SiteTensors | None = None  # the sites of the last state(), in the order of its tensors
         self._counted: list[int] = []  # their window samples at that check
         self._guard = guard or Guard(strict=True)
-        self._on_start = self._guard.wrap("activation hooks", self._on_model_start)
         # not switched off with the other hooks: it must always leave the function mode and global hooks
         self._on_end = self._guard.wrap("activation cleanup", self._on_model_end)
         self._update_hooks()
@@ -143,7 +143,7 @@ class ActivationCollector(Collector):
 
     def prepare(self, sampling: bool) -> None:
         """Sets whether the next forwards are sampled, with the hooks that needs (called every step: cheap)."""
-        if sampling != self._sampling or (not self._model_handles and compiler_loaded()):
+        if sampling != self._sampling or (self._start_handle is None and compiler_loaded()):
             self.sampling = sampling
 
     def _update_hooks(self) -> None:
@@ -151,28 +151,35 @@ class ActivationCollector(Collector):
         # any forward hook sends a module call down PyTorch's slow path, even one that returns at
         # once. A compiled forward keeps the hooks it was traced with (hooks added later are not
         # seen unless the model itself had a hook when it was traced), so once torch.compile is
-        # loaded the model's own hooks stay (whenever the first compiled forward runs, it then
-        # meets them, notes that it is compiled, and is recompiled with the activation hooks),
-        # and once a compiled forward has run every hook stays and tests ``sampling`` itself.
+        # loaded (any torch.optim optimizer loads it) the model's pre-forward hook stays: whenever
+        # the first compiled forward runs, it meets it, notes that it is compiled, and is
+        # recompiled with the other hooks; once a compiled forward has run every hook stays and
+        # tests ``sampling`` itself.
         if self._closed:
             return
         activation = self._sampling or self._compiled
-        if (activation or compiler_loaded()) and not self._model_handles:
-            self._model_handles = [self.model.register_forward_pre_hook(self._on_start),
-                                   self.model.register_forward_hook(self._on_end, always_call=True)]
-        if activation and not self._activation_handles:
+        if (activation or compiler_loaded()) and self._start_handle is None:
+            self._start_handle = self.model.register_forward_pre_hook(self._on_model_start)
+        if not activation:
+            self._remove_hooks(keep_start=compiler_loaded())
+            return
+        if self._end_handle is None:
+            self._end_handle = self.model.register_forward_hook(self._on_end, always_call=True)
+        if not self._activation_handles:
             # unguarded: they test a flag before calling guarded code
             self._activation_handles = [m.register_forward_hook(self._on_activation) for m in self._hooked]
-        elif not activation:
-            self._remove_hooks(keep_model=compiler_loaded())
 
-    def _remove_hooks(self, keep_model: bool = False) -> None:
+    def _remove_hooks(self, keep_start: bool = False) -> None:
+        self._end_interrupted_forward()
         handles, self._activation_handles = self._activation_handles, []
-        if not keep_model:
-            self._end_interrupted_forward()
-            handles, self._model_handles = handles + self._model_handles, []
+        handles.append(self._end_handle)
+        self._end_handle = None
+        if not keep_start:
+            handles.append(self._start_handle)
+            self._start_handle = None
         for handle in handles:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
 
     # -- hooks ---------------------------------------------------------------------------------
     def _end_interrupted_forward(self) -> None:
@@ -180,11 +187,18 @@ class ActivationCollector(Collector):
             self._on_model_end(self.model, (), None)  # a forward interrupted by a BaseException left them
 
     def _on_model_start(self, module: nn.Module, args: Any) -> None:
-        self._end_interrupted_forward()
-        self._calls.clear()
-        if torch.compiler.is_compiling():
+        # unguarded: on the usual (unsampled) forward it only tests flags, before any guarded code
+        if not self._compiled and torch.compiler.is_compiling():
             self._compiled = True
-        if not self.sampling or not (self._discovering or (self._functional and self._functional_seen)):
+        if self._sampling or self._mode is not None or self._global_handles:
+            self._guard.call("activation hooks", self._start_sampled_forward)
+
+    def _start_sampled_forward(self) -> None:
+        self._end_interrupted_forward()
+        if not self._sampling:
+            return
+        self._calls.clear()
+        if not (self._discovering or (self._functional and self._functional_seen)):
             return
         if torch.compiler.is_compiling():
             # Global hooks and a function mode cannot be set up inside a compiled graph (a graph
@@ -207,7 +221,7 @@ class ActivationCollector(Collector):
         if self._mode is not None:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
-        if self.sampling:
+        if self._sampling:
             self._discovering = False
 
     def _on_any_start(self, module: nn.Module, args: Any) -> None:
