@@ -181,6 +181,20 @@ def test_functional_relu_is_named_after_its_module(strict_monitor):
     assert snap.stats["zero_fraction"]["model:relu"] == pytest.approx(float((outer == 0).float().mean()))
 
 
+def test_an_empty_or_scalar_output_does_not_shift_the_names_of_later_calls(strict_monitor):
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.alpha, self.fc = nn.Parameter(torch.tensor(0.5)), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return x + torch.tanh(self.alpha) * torch.tanh(self.fc(x))  # a 0-d tanh first, then the real one
+
+    model = Gated()
+    snap = run(strict_monitor(model), model, torch.randn(4, 3))
+    assert set(snap.stats["saturation"]) == {"model:tanh"}
+
+
 def test_nn_relu_is_not_counted_twice_by_the_functional_mode(strict_monitor):
     class Mixed(nn.Module):
         def __init__(self):

@@ -26,6 +26,7 @@ from torchhealth.facts import ModelFacts
 from torchhealth.safety import Guard
 from torchhealth.layers import ROOT_NAME, activation_kind, clean_name, unit_axis, unwrap
 from torchhealth.snapshot import Snapshot
+from torchhealth.transfer import to_device
 
 MAX_SITES_PER_MODULE = 16
 SATURATION_LEVEL = 0.97
@@ -123,7 +124,7 @@ class ActivationCollector(Collector):
         self._stack: list[nn.Module] = []
         self._mode: _FunctionalActivationMode | None = None
         self._global_handles: list[RemovableHandle] = []
-        self._tensors: _SiteTensors | None = None  # the sites' tensors as lists, until a site is added or moved
+        self._tensors: _SiteTensors | None = None  # the sites' buffers, until a site is added or its outputs move
         self._read: _SiteTensors | None = None  # the sites of the last state(), in the order of its tensors
         self._counted: list[int] = []  # their window samples at that check
         self._guard = guard or Guard(strict=True)
@@ -152,9 +153,9 @@ class ActivationCollector(Collector):
         # once. A compiled forward keeps the hooks it was traced with (hooks added later are not
         # seen unless the model itself had a hook when it was traced), so once torch.compile is
         # loaded (any torch.optim optimizer loads it) the model's pre-forward hook stays: whenever
-        # the first compiled forward runs, it meets it, notes that it is compiled, and is
-        # recompiled with the other hooks; once a compiled forward has run every hook stays and
-        # tests ``sampling`` itself.
+        # the first compiled forward runs, it meets it and notes that it is compiled; every hook
+        # then stays, and the first sampled forward is traced again with all of them (the pre-hook
+        # reads ``_sampling``, which dynamo guards on).
         if self._closed:
             return
         activation = self._sampling or self._compiled
@@ -268,15 +269,19 @@ class ActivationCollector(Collector):
         site = self.sites.get(key)
         x = output.detach()
         if site is None or x.shape != site.shape:  # the unit axis is worked out once per output shape
-            site = self._site_for(key, kind, x) if x.numel() and x.dim() else None
+            if not x.numel() or not x.dim():
+                self._calls[name] = call  # an empty or 0-d output is no call: later calls keep their names
+                return
+            site = self._site_for(key, kind, x)
             if site is None:
                 return
         if x.get_device() != site.device_index:  # the model was moved: the buffers follow before filing
             site.device, site.device_index = x.device, x.get_device()
             self._tensors = None
-        if not site.seen:  # its first call in this step: ``observed`` lists each site once
-            self.observed.append(site)
+        first = not site.seen  # its first call in this step: ``observed`` lists each site once
         site.observe(x)
+        if first:
+            self.observed.append(site)
 
     def _site_for(self, key: tuple[str, int], kind: str, x: torch.Tensor) -> Site | None:
         """The site of ``key`` for an output shaped like ``x`` (made on its first call), or None to skip it."""
@@ -319,7 +324,7 @@ class ActivationCollector(Collector):
                 most = torch.stack([m for m, _, _, _ in seen]).amax()
                 count, numel, samples = (sum(column) for column in list(zip(*seen))[1:])
             if site.device_index != site.home:  # a model spread over devices: the buffers are on one of them
-                most, count = most.to(site.fires.device), count.to(site.fires.device)
+                most, count = to_device(most, site.fires.device), to_device(count, site.fires.device)
             largest.append(most)
             counts.append(count)
             slots.append(site.flags.slot(offset))
@@ -333,11 +338,12 @@ class ActivationCollector(Collector):
     def _site_tensors(self) -> "_SiteTensors":
         """Every site's running state side by side in two buffers (laid out again when a site is
         added or the model moved): a check reads them and resets them with no per-site operation.
-        They live where most sites' outputs arrive."""
+        They live where most sites' outputs arrive, on an accelerator if any site's are: counts then
+        reach them without a synchronization (``transfer.to_device``)."""
         if self._tensors is None:
             order = list(self.sites.values())
             devices = collections.Counter(s.device for s in order)
-            device = max(devices, key=devices.__getitem__)
+            device = max(devices, key=lambda d: (d.type != "cpu", devices[d]))
             units = np.array([s.units for s in order])
             total, n = int(units.sum()), len(order)
             starts = np.concatenate([[0], np.cumsum(units)[:-1]]).astype(np.intp)

@@ -93,8 +93,7 @@ class GradientCollector(Collector):
         self._params = [p for _, _, p in params]
         self._sharded = any(type(p) is not torch.nn.Parameter and hasattr(p, "to_local") for p in self._params)
         self._zero: torch.Tensor | None = None  # stands in for a missing gradient (one tensor, made once)
-        self._all_present = host_values([1.0] * len(params))  # read-only: the usual ``present``
-        self._all_present.flags.writeable = False
+        self._all_present = host_values([1.0] * len(params))  # the usual ``present`` (never written)
 
     def state(self) -> State:
         if not self.params:
