@@ -81,7 +81,7 @@ class Site:
         self.home = fires.get_device()
 
     def observe(self, x: torch.Tensor) -> None:
-        """Adds one output tensor's statistics (``x`` on the site's device). No host synchronization."""
+        """Adds one output tensor's statistics, on ``x``'s device. No host synchronization."""
         # The largest output is NaN when any is, and +Inf when any is: activation outputs are never
         # -Inf (ReLU clamps it to 0, sigmoid/tanh are bounded), so one amax replaces a finiteness test.
         largest = x.amax()
@@ -275,8 +275,9 @@ class ActivationCollector(Collector):
             site = self._site_for(key, kind, x)
             if site is None:
                 return
-        if x.get_device() != site.device_index:  # the model was moved: the buffers follow before filing
-            site.device, site.device_index = x.device, x.get_device()
+        index = x.get_device()
+        if index != site.device_index:  # the model was moved: the buffers follow before filing
+            site.device, site.device_index = x.device, index
             self._tensors = None
         first = not site.seen  # its first call in this step: ``observed`` lists each site once
         site.observe(x)

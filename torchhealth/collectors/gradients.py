@@ -99,11 +99,11 @@ class GradientCollector(Collector):
         if not self.params:
             return {}
         self.device = current_device(self.params, self.device)
-        if self._zero is None or self._zero.device != self.device:
-            self._zero = torch.zeros((), device=self.device)
         grads = [p.grad for p in self._params]
         # Which parameters have a gradient is reduced too: under FSDP a rank with an empty shard has none.
         if any(g is None for g in grads):  # (not ``None in grads``: that compares every tensor with None)
+            if self._zero is None or self._zero.device != self.device:
+                self._zero = torch.zeros((), device=self.device)
             present = host_values(g is not None for g in grads)
             grads = [g if g is not None else self._zero for g in grads]
         else:

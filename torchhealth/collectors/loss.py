@@ -50,7 +50,7 @@ class LossCollector(Collector):
             Whether the trip-wire asks for an early check (tested before this step's loss is
             recorded: on a GPU its copy to the host is still in flight).
         """
-        tripped = self.tripwire is not None and self.tripwire.tripped()
+        tripped = self.tripped()
         if loss is not None:
             self.record(loss, offset)
         self.end_step(offset)
