@@ -111,12 +111,16 @@ def assert_one_read_per_check(per_step, check_every: int) -> None:
             assert uploads == {}, f"unchecked step {step} uploaded host data: {uploads}"
 
 
+@pytest.mark.parametrize("loss_path", ["host", "device"])
 @pytest.mark.parametrize("options", [
     {},  # the defaults: sampled forwards fall on check steps
     {"check_every": 5, "log_every": 10, "sample_every": 3},  # sampled forwards on unchecked steps too
 ], ids=["defaults", "sampling-between-checks"])
-def test_no_host_reads_on_unchecked_steps_and_one_per_check(options, tmp_path):
+def test_no_host_reads_on_unchecked_steps_and_one_per_check(options, loss_path, tmp_path, monkeypatch):
+    if loss_path == "device":  # losses kept as on a GPU: added on the device, copied to the trip-wire
+        monkeypatch.setattr(LossCollector, "_host_view", lambda self: None)
     per_step, monitor = counted_steps(23, log_dir=str(tmp_path), **options)
+    assert (monitor.loss_collector._host_losses is None) == (loss_path == "device")
     assert_one_read_per_check(per_step, monitor.options.check_every)
     assert "zero_fraction" in monitor.scheduled_snapshot.stats  # the activation paths really ran
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import numbers
 
@@ -18,9 +19,10 @@ class LossCollector(Collector):
 
     Recording a loss is one in-place add into the step's slot of a per-step device vector: the
     value is captured at once (a training loop may change the loss tensor in place afterwards, as
-    the Hugging Face Trainer's ``loss *= ...`` does). ``end_step`` hands the step's slot to the
-    trip-wire: from a GPU its copy to the host is the only other per-step device work; on the CPU
-    the trip-wire reads the slot's memory directly.
+    the Hugging Face Trainer's ``loss *= ...`` does). On the CPU the usual loss (a 0-d float32
+    tensor) is read from its memory and added in the slot's memory, with no torch call at all.
+    ``end_step`` hands the step's slot to the trip-wire: from a GPU its copy to the host is the
+    only other per-step device work; on the CPU the trip-wire reads the slot's memory directly.
     """
 
     def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
@@ -37,6 +39,12 @@ class LossCollector(Collector):
         """Adds one training loss (of a step or a micro-batch); ``offset`` is the step's place in the interval."""
         if not 0 <= offset < len(self._counts):
             return
+        if self._host_losses is not None:
+            number = host_number(loss)
+            if number is not None:  # the usual loss on the CPU: added in the slot's memory, no torch call
+                _add_float32(self._host_losses, offset, number)
+                self._counts[offset] += 1
+                return
         value = self._as_scalar(loss)
         if value.get_device() != self._device_index:
             self._follow(value.device)
@@ -66,7 +74,7 @@ class LossCollector(Collector):
             self.tripwire.record(self.losses.slot(offset), self._counts[offset], offset)
 
     def _host_view(self) -> memoryview | None:
-        """The per-step losses' memory, when they are on the CPU (read without a torch call).
+        """The per-step losses' memory, when they are on the CPU (read and written without a torch call).
 
         A memoryview: indexing it gives a Python float directly, several times cheaper than a
         numpy scalar on a step whose caches the backward pass has just emptied.
@@ -132,3 +140,36 @@ class LossCollector(Collector):
         self._val.zero_()
         self.losses.reset()
         self._counts = [0] * len(self._counts)
+
+
+_read_float32 = ctypes.c_float.from_address
+
+
+def host_number(loss: torch.Tensor | float) -> float | None:
+    """The value of a loss that is already in host memory, read without a torch call; else None.
+
+    A 0-d float32 CPU tensor (the usual loss) is read straight from its memory: on a step whose
+    caches the backward pass has just emptied, any torch operation costs several times more.
+    Python numbers within float32's range count too; anything else (other dtypes, shapes,
+    devices, tensor subclasses) returns None and takes the general path.
+    """
+    if type(loss) is torch.Tensor:
+        if not (loss.is_cpu and loss.dtype is torch.float32 and loss.dim() == 0):
+            return None
+        try:
+            address = loss.data_ptr()
+        except RuntimeError:  # no storage (a sparse or opaque tensor)
+            return None
+        return _read_float32(address).value if address else None
+    if isinstance(loss, float) and (abs(loss) <= FLOAT32_MAX or not math.isfinite(loss)):
+        return loss
+    return None
+
+
+def _add_float32(slots: memoryview, offset: int, value: float) -> None:
+    """``slots[offset] += value`` in float32 memory; a sum beyond float32's range becomes +-inf, as on the device."""
+    total = slots[offset] + value
+    try:
+        slots[offset] = total
+    except OverflowError:
+        slots[offset] = math.copysign(math.inf, total)
