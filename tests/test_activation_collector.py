@@ -298,6 +298,28 @@ def test_unsampled_forwards_carry_only_the_model_pre_hook_once_torch_compile_is_
     assert all_hooks(model) == 0
 
 
+def test_switching_hooks_off_and_on_keeps_the_users_hooks_and_registers_each_hook_once(strict_monitor, monkeypatch):
+    """Sampled forwards get their hooks back by putting them into the modules' hook dicts, not by new handles."""
+    registered = []
+    register = nn.Module.register_forward_hook
+    monkeypatch.setattr(nn.Module, "register_forward_hook",
+                        lambda self, hook, **kw: registered.append(self) or register(self, hook, **kw))
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU())
+    user_calls = []
+    user_handle = model[1].register_forward_hook(lambda m, a, out: user_calls.append(out.shape))
+    monitor = strict_monitor(model, sample_every=3, check_every=3, log_every=3)
+    seen = []
+    for _ in range(7):
+        snap = run(monitor, model, torch.randn(2, 3))
+        seen.append(("zero_fraction" in snap.stats, snap.step))
+    assert len(user_calls) == 7, "the user's hook ran on every forward, sampled or not"
+    assert len(model[1]._forward_hooks) == 1 and model[1]._forward_hooks[user_handle.id] is not None
+    assert len(registered) == 1 + 1 + 2, "the user hook, then the model post-forward hook and two ReLU hooks, once each"
+    assert [seen[i] for i in (0, 3, 6)] == [(True, 0), (True, 3), (True, 6)], "sampled forwards were observed"
+    monitor.close()
+    assert list(model[1]._forward_hooks) == [user_handle.id] and all_hooks(model[3]) == 0 and not model._forward_hooks
+
+
 def test_evaluation_forwards_between_steps_are_not_counted(strict_monitor):
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
     monitor = strict_monitor(model)

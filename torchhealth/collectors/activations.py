@@ -111,8 +111,7 @@ class ActivationCollector(Collector):
         self._compiled = False  # set once a forward runs under torch.compile: hooks then stay
         self._closed = False
         self._start_handle: RemovableHandle | None = None  # the model's pre-forward hook
-        self._end_handle: RemovableHandle | None = None  # the model's post-forward hook
-        self._activation_handles: list[RemovableHandle] = []
+        self._sampled_hooks: _SwitchedHooks | None = None  # the model's post-forward hook and the activation hooks
         self.observed: list[Site] = []  # sites that saw outputs since the last ``file_step``, each once
         self.sites: dict[tuple[str, int], Site] = {}
         self._calls: dict[str, int] = {}
@@ -162,25 +161,28 @@ class ActivationCollector(Collector):
         if (activation or compiler_loaded()) and self._start_handle is None:
             self._start_handle = self.model.register_forward_pre_hook(self._on_model_start)
         if not activation:
-            self._remove_hooks(keep_start=compiler_loaded())
+            self._end_interrupted_forward()
+            if self._sampled_hooks is not None:
+                self._sampled_hooks.switch(False)
+            if not compiler_loaded() and self._start_handle is not None:
+                self._start_handle.remove()
+                self._start_handle = None
             return
-        if self._end_handle is None:
-            self._end_handle = self.model.register_forward_hook(self._on_end, always_call=True)
-        if not self._activation_handles:
-            # unguarded: they test a flag before calling guarded code
-            self._activation_handles = [m.register_forward_hook(self._on_activation) for m in self._hooked]
+        if self._sampled_hooks is None:
+            hooks = self._sampled_hooks = _SwitchedHooks()
+            hooks.add(self.model, self._on_end, always_call=True)
+            for module in self._hooked:  # unguarded: they test a flag before calling guarded code
+                hooks.add(module, self._on_activation)
+        self._sampled_hooks.switch(True)
 
-    def _remove_hooks(self, keep_start: bool = False) -> None:
+    def _remove_hooks(self) -> None:
         self._end_interrupted_forward()
-        handles, self._activation_handles = self._activation_handles, []
-        handles.append(self._end_handle)
-        self._end_handle = None
-        if not keep_start:
-            handles.append(self._start_handle)
+        if self._sampled_hooks is not None:
+            self._sampled_hooks.remove()
+            self._sampled_hooks = None
+        if self._start_handle is not None:
+            self._start_handle.remove()
             self._start_handle = None
-        for handle in handles:
-            if handle is not None:
-                handle.remove()
 
     # -- hooks ---------------------------------------------------------------------------------
     def _end_interrupted_forward(self) -> None:
@@ -441,6 +443,44 @@ class _SiteTensors:
     units: np.ndarray  # per site
     starts: np.ndarray  # where each site's units start in ``window`` and ``positive``
     relu: np.ndarray  # which sites are ReLUs
+
+
+class _SwitchedHooks:
+    """Forward hooks registered once, then switched off and on for each sampled forward.
+
+    Switching takes each hook out of its module's hook dict, or puts it back, which is what
+    ``RemovableHandle.remove()`` and ``register_forward_hook`` do to that dict: a dict operation
+    per module instead of a new handle (weak references, a new id) per module, on the step
+    before every sampled forward. A module without hooks keeps PyTorch's fast call path.
+    """
+
+    def __init__(self) -> None:
+        self._hooks: list[tuple[nn.Module, int, Callable[..., Any]]] = []
+        self._handles: list[RemovableHandle] = []
+        self._on = True
+
+    def add(self, module: nn.Module, hook: Callable[..., Any], always_call: bool = False) -> None:
+        """Registers ``hook`` as a forward hook of ``module`` (switched on)."""
+        handle = module.register_forward_hook(hook, always_call=always_call)
+        self._handles.append(handle)
+        self._hooks.append((module, handle.id, hook))
+
+    def switch(self, on: bool) -> None:
+        """Puts every hook into its module's hook dict (``on``) or takes it out."""
+        if on == self._on:
+            return
+        self._on = on
+        for module, key, hook in self._hooks:
+            if on:
+                module._forward_hooks[key] = hook
+            else:
+                module._forward_hooks.pop(key, None)
+
+    def remove(self) -> None:
+        """Removes every hook for good."""
+        for handle in self._handles:
+            handle.remove()
+        self._hooks, self._handles = [], []
 
 
 def compiler_loaded() -> bool:
