@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tests.test_monitor import all_hooks
+import torchhealth
 from torchhealth.collectors import activations
+from torchhealth.collectors.activations import _SiteTensors
 
 
 def run(monitor, model, *inputs, steps=1):
@@ -151,6 +155,47 @@ def test_a_site_first_seen_mid_window_keeps_what_the_other_sites_counted(strict_
     run(monitor, model, x)  # step 3
     snap = run(monitor, model, x)  # step 4: act2 has 48 samples, act1's new window 32
     assert snap.stats["dead_units"] == {"act2": pytest.approx(4 / 8)}
+
+
+def test_filing_all_relu_sites_at_once_gives_what_filing_each_site_gives(monkeypatch):
+    """The usual model (every site once per forward, all ReLU) is filed with four launches; its
+    statistics, dead-unit windows and first non-finite steps must be those of the per-site path."""
+    def train():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                              nn.Unflatten(1, (16, 1)), nn.Conv1d(16, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+        with torch.no_grad():
+            model[2].bias[:5] = -50.0  # five dead units in the second ReLU
+        monitor = torchhealth.Monitor(model, strict=True, check_every=4, log_every=4, sample_every=3,
+                                      window_samples=16)
+        snaps = {}
+        for step in range(13):
+            x = torch.randn(8, 4)
+            if step == 6:  # sampled, at offset 1 of its interval: the first ReLU's output becomes NaN
+                x[0, 0] = math.nan
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            monitor.step(loss)
+            model.zero_grad()
+            snaps[monitor.last_snapshot.step] = monitor.last_snapshot
+        batched = bool(monitor.activations._tensors.columns)
+        monitor.close()
+        return snaps, batched
+
+    batched, used = train()
+    assert used, "the usual model takes the batched path"
+    monkeypatch.setattr(activations, "_SiteTensors", lambda *fields: _SiteTensors(*fields[:-1], ()))
+    per_site, used = train()
+    assert not used
+    assert sorted(batched) == sorted(per_site) == [0, 4, 7, 8, 12]  # the NaN loss forces a check at step 7
+    for step, got in batched.items():
+        want = per_site[step]
+        assert got.nonfinite == want.nonfinite
+        for family in ("zero_fraction", "dead_units"):
+            assert got.stats.get(family) == want.stats.get(family), (family, step)
+    assert batched[7].nonfinite["activation:1"] == 6
+    assert batched[4].stats["dead_units"]["3"] >= 5 / 16  # the window closed at step 4
+    assert set(batched[0].stats["zero_fraction"]) == {"1", "3", "6"}
 
 
 def test_functional_relu_is_named_after_its_module(strict_monitor):
