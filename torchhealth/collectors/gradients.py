@@ -48,6 +48,11 @@ def current_device(params: list[ParamEntry], device: torch.device) -> torch.devi
     return params[0][2].device if params else device
 
 
+def sharded(tensors: list[torch.Tensor]) -> bool:
+    """Whether any of ``tensors`` is FSDP2's DTensor (whose rank-local part ``local_tensor`` returns)."""
+    return any(type(t) is not torch.nn.Parameter and hasattr(t, "to_local") for t in tensors)
+
+
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """The rank-local part of ``t`` (the shard of FSDP2's DTensor, else ``t`` itself)."""
     if type(t) is torch.Tensor:  # the common case, without hasattr's failed lookups
@@ -91,7 +96,7 @@ class GradientCollector(Collector):
         self.index = LayerIndex(params, copies)
         self.names = [name for name, _, _ in params]
         self._params = [p for _, _, p in params]
-        self._sharded = any(type(p) is not torch.nn.Parameter and hasattr(p, "to_local") for p in self._params)
+        self._sharded = sharded(self._params)
         self._zero: torch.Tensor | None = None  # stands in for a missing gradient (one tensor, made once)
         self._all_present = host_values([1.0] * len(params))  # the usual ``present`` (never written)
 

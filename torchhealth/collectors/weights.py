@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from torchhealth.collectors.base import Arrays, Collector, State, file_values
-from torchhealth.collectors.gradients import LayerIndex, ParamEntry, current_device, local_tensor, squared_norms
+from torchhealth.collectors.gradients import (LayerIndex, ParamEntry, current_device, local_tensor, sharded,
+                                              squared_norms)
 from torchhealth.snapshot import Snapshot
 
 
@@ -27,35 +28,40 @@ class WeightCollector(Collector):
         self.index = LayerIndex(params, copies)
         self._before: list[torch.Tensor] | None = None
         self._buffers: list[torch.Tensor] = []
+        self._weights = [p for _, _, p in params]
+        self._sharded = sharded(self._weights)
 
     def _local_weights(self) -> list[torch.Tensor]:
-        return [local_tensor(p.detach()) for _, _, p in self.params]
+        """The weights, or their rank-local shards (used under ``torch.no_grad()``: no detach per tensor)."""
+        return [local_tensor(p) for p in self._weights] if self._sharded else self._weights
 
     def remember_weights(self) -> None:
         """Copies the current weights (rank-local shards) for the next update-ratio measurement."""
         if not self.params:
             return
-        local = self._local_weights()
-        if [(b.shape, b.dtype, b.device) for b in self._buffers] != [(t.shape, t.dtype, t.device) for t in local]:
-            with torch.inference_mode(False):  # kept buffers stay writable outside an inference_mode() block
-                self._buffers = [t.clone() for t in local]  # first time, or a model moved or cast since
-        else:
-            torch._foreach_copy_(self._buffers, local)
+        with torch.no_grad():
+            local = self._local_weights()
+            if _layout(self._buffers) != _layout(local):
+                with torch.inference_mode(False):  # kept buffers stay writable outside an inference_mode() block
+                    self._buffers = [t.clone() for t in local]  # first time, or a model moved or cast since
+            else:
+                torch._foreach_copy_(self._buffers, local)
         self._before = self._buffers
 
     def state(self) -> State:
         if not self.params:
             return {}
-        local = self._local_weights()
         self.device = current_device(self.params, self.device)
-        state = {"w": (squared_norms(local, self.device), "sum")}
-        if self._before is not None:
-            # a model moved or cast between remembering and now: skip this one update measurement
-            if [(t.shape, t.device, t.dtype) for t in local] == [(t.shape, t.device, t.dtype) for t in self._before]:
-                state["w0"] = (squared_norms(self._before, self.device), "sum")
-                torch._foreach_sub_(self._before, local)  # before - after: the update's negative, same norm
-                state["dw"] = (squared_norms(self._before, self.device), "sum")
-            self._before = None
+        with torch.no_grad():
+            local = self._local_weights()
+            state = {"w": (squared_norms(local, self.device), "sum")}
+            if self._before is not None:
+                # a model moved or cast between remembering and now: skip this one update measurement
+                if _layout(local) == _layout(self._before):
+                    state["w0"] = (squared_norms(self._before, self.device), "sum")
+                    torch._foreach_sub_(self._before, local)  # before - after: the update's negative, same norm
+                    state["dw"] = (squared_norms(self._before, self.device), "sum")
+                self._before = None
         return state
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
@@ -71,3 +77,8 @@ class WeightCollector(Collector):
     def close(self) -> None:
         self._before = None
         self._buffers = []
+
+
+def _layout(tensors: list[torch.Tensor]) -> list[tuple[torch.Size, torch.dtype, int]]:
+    """Shape, dtype and device index of each tensor (``get_device()``: no torch.device object per tensor)."""
+    return [(t.shape, t.dtype, t.get_device()) for t in tensors]
