@@ -121,19 +121,21 @@ class GradientCollector(Collector):
         if "sq" not in state:
             return
         sq, present = self.index.whole(state["sq"]), state["present"] > 0
+        everywhere = present.all()
         norms = np.sqrt(self.index.per_layer(sq))
-        if present.all():  # the usual case: no masks to build
+        if everywhere:  # the usual case: no masks to build
             layers, names, param_sq = self.index.layers, self.names, sq
         else:
             has = self.index.per_layer(present.astype(np.float64)) > 0
             layers, norms = [layer for layer, ok in zip(self.index.layers, has) if ok], norms[has]
             names, param_sq = [name for name, ok in zip(self.names, present) if ok], sq[present]
         file_values(snapshot, "grad_norm", layers, norms)
-        if present.any():
-            file_values(snapshot, "grad_norm", [TOTAL], [math.sqrt(sq.sum())])
+        total = float(sq.sum())
+        if everywhere or present.any():
+            file_values(snapshot, "grad_norm", [TOTAL], [math.sqrt(total)])
         if self.per_parameter:
             file_values(snapshot, "param_grad_norm", names, np.sqrt(param_sq))
-        if not np.isfinite(norms).all():
+        if not math.isfinite(total):  # squared norms are >= 0: the total is finite exactly when every one is
             for layer, norm in zip(layers, norms):
                 if not math.isfinite(norm):
                     snapshot.nonfinite.setdefault(f"grad:{layer}", snapshot.step)
