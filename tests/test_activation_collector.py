@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -363,6 +364,19 @@ def test_switching_hooks_off_and_on_keeps_the_users_hooks_and_registers_each_hoo
     assert [seen[i] for i in (0, 3, 6)] == [(True, 0), (True, 3), (True, 6)], "sampled forwards were observed"
     monitor.close()
     assert list(model[1]._forward_hooks) == [user_handle.id] and all_hooks(model[3]) == 0 and not model._forward_hooks
+
+
+def test_close_removes_a_switched_hook_even_from_a_hook_dict_replaced_since_it_was_registered(strict_monitor):
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    monitor = strict_monitor(model, sample_every=2, check_every=2, log_every=2)
+    run(monitor, model, torch.randn(2, 3))  # sampled: the hooks are registered, then switched off
+    model[1]._forward_hooks = collections.OrderedDict()  # as some loaders do
+    run(monitor, model, torch.randn(2, 3))  # the next forward is sampled: switched on, into the new dict
+    assert len(model[1]._forward_hooks) == 1
+    monitor.close()
+    assert all_hooks(model) == 0
+    model(torch.randn(2, 3))
+    assert not any(site.seen for site in monitor.activations.sites.values())
 
 
 def test_evaluation_forwards_between_steps_are_not_counted(strict_monitor):

@@ -70,8 +70,10 @@ def test_host_number_reads_only_what_is_in_host_memory_as_float32():
     assert host_number(torch.tensor(1.5)) == 1.5
     assert host_number(torch.tensor([0.0, 2.5])[1]) == 2.5  # a view: its own element, not the storage's first
     assert host_number(2.0) == 2.0 and host_number(math.inf) == math.inf
+    assert interval_losses([[torch.tensor(1 + 2j).conj().imag]]) == [-2.0]  # a negative-bit view, read right
     for other in (torch.tensor(1.5, dtype=torch.float64), torch.tensor([1.5]), torch.nn.Parameter(torch.tensor(1.5)),
-                  torch.tensor(1.5, device="meta"), 1e39, 3, True, "1.5"):
+                  torch.tensor(1.5, device="meta"), torch._neg_view(torch.tensor(1.5)),
+                  torch.tensor(1 + 2j).conj().imag, 1e39, 3, True, "1.5"):
         assert host_number(other) is None, other
 
 

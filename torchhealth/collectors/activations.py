@@ -439,6 +439,7 @@ class ActivationCollector(Collector):
 
     def close(self) -> None:
         self._closed = True
+        self._sampling = False  # a hook that outlived close() (a copy of the model's) records nothing
         self._remove_hooks()
 
 
@@ -493,7 +494,9 @@ class _SwitchedHooks:
     def remove(self) -> None:
         """Removes every hook for good."""
         for handle in self._handles:
-            handle.remove()
+            handle.remove()  # the dict the hook was registered in...
+        for module, key, _ in self._hooks:
+            module._forward_hooks.pop(key, None)  # ...and the one it was switched into, if the module's was replaced
         self._hooks, self._handles = [], []
 
 

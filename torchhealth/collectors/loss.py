@@ -154,7 +154,8 @@ def host_number(loss: torch.Tensor | float) -> float | None:
     devices, tensor subclasses) returns None and takes the general path.
     """
     if type(loss) is torch.Tensor:
-        if not (loss.is_cpu and loss.dtype is torch.float32 and loss.dim() == 0):
+        # a negative-bit view (the imaginary part of a conjugate) stores the value with the other sign
+        if not (loss.is_cpu and loss.dtype is torch.float32 and loss.dim() == 0) or loss.is_neg():
             return None
         try:
             address = loss.data_ptr()
