@@ -470,34 +470,30 @@ class _SwitchedHooks:
     """
 
     def __init__(self) -> None:
-        self._hooks: list[tuple[nn.Module, int, Callable[..., Any]]] = []
-        self._handles: list[RemovableHandle] = []
+        self._hooks: list[tuple[nn.Module, RemovableHandle, Callable[..., Any]]] = []
         self._on = True
 
     def add(self, module: nn.Module, hook: Callable[..., Any], always_call: bool = False) -> None:
         """Registers ``hook`` as a forward hook of ``module`` (switched on)."""
-        handle = module.register_forward_hook(hook, always_call=always_call)
-        self._handles.append(handle)
-        self._hooks.append((module, handle.id, hook))
+        self._hooks.append((module, module.register_forward_hook(hook, always_call=always_call), hook))
 
     def switch(self, on: bool) -> None:
         """Puts every hook into its module's hook dict (``on``) or takes it out."""
         if on == self._on:
             return
         self._on = on
-        for module, key, hook in self._hooks:
+        for module, handle, hook in self._hooks:
             if on:
-                module._forward_hooks[key] = hook
+                module._forward_hooks[handle.id] = hook
             else:
-                module._forward_hooks.pop(key, None)
+                module._forward_hooks.pop(handle.id, None)
 
     def remove(self) -> None:
         """Removes every hook for good."""
-        for handle in self._handles:
+        for module, handle, _ in self._hooks:
             handle.remove()  # the dict the hook was registered in...
-        for module, key, _ in self._hooks:
-            module._forward_hooks.pop(key, None)  # ...and the one it was switched into, if the module's was replaced
-        self._hooks, self._handles = [], []
+            module._forward_hooks.pop(handle.id, None)  # ...and a replacement it was switched into
+        self._hooks = []
 
 
 def compiler_loaded() -> bool:

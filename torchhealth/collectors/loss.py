@@ -99,7 +99,7 @@ class LossCollector(Collector):
             return value.float().mean() if value.numel() != 1 else value.float().reshape(())
         if isinstance(loss, numbers.Real) and not isinstance(loss, bool):  # numbers.Real: numpy scalars too
             value = float(loss)
-            if abs(value) <= FLOAT32_MAX or not math.isfinite(value):
+            if _fits_float32(value):
                 return torch.full((), value, device=self._val.device)  # a fill: no host-to-device copy
             return torch.tensor(value, device=self._val.device)  # full() refuses it; this rounds to max or inf
         raise TypeError(f"loss must be a tensor or a number, got {type(loss).__name__}")
@@ -162,9 +162,14 @@ def host_number(loss: torch.Tensor | float) -> float | None:
         except RuntimeError:  # no storage (a sparse or opaque tensor)
             return None
         return _read_float32(address).value if address else None
-    if isinstance(loss, float) and (abs(loss) <= FLOAT32_MAX or not math.isfinite(loss)):
+    if isinstance(loss, float) and _fits_float32(loss):
         return loss
     return None
+
+
+def _fits_float32(value: float) -> bool:
+    """Whether float32 holds ``value`` without overflow (NaN and +-inf included)."""
+    return abs(value) <= FLOAT32_MAX or not math.isfinite(value)
 
 
 def _add_float32(slots: memoryview, offset: int, value: float) -> None:
