@@ -4,7 +4,9 @@ On a GPU every read of a device value on the host (``.item()``, ``.tolist()``, `
 waits for all queued work. The monitor promises none on steps that check nothing and exactly one
 batched read (a single ``.numpy()`` of the copied state) on check steps. On CPU nothing waits, so the reads are counted:
 a TorchFunctionMode sees the Python-level calls and a TorchDispatchMode sees the ATen ops that read
-a scalar or need data-dependent output sizes (and fresh host data, an upload on a GPU).
+a scalar or need data-dependent output sizes (and fresh host data, an upload on a GPU). Reads of
+the loss the loop passes are counted apart: on the CPU the monitor reads it from host memory
+(``tolist``), which waits for nothing; a loss on a GPU takes the device path, which reads nothing.
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ class HostSyncCounter:
 
     def __init__(self) -> None:
         self.reads: Counter[str] = Counter()
+        self.loss_reads: Counter[str] = Counter()  # reads of ``loss``
         self.uploads: Counter[str] = Counter()
+        self.loss: torch.Tensor | None = None
         counter = self
 
         class _Functions(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 name = getattr(func, "__name__", "")
                 if name in HOST_READS:
-                    counter.reads[name] += 1
+                    of_loss = counter.loss is not None and bool(args) and args[0] is counter.loss
+                    (counter.loss_reads if of_loss else counter.reads)[name] += 1
                 return func(*args, **(kwargs or {}))
 
         class _Ops(TorchDispatchMode):
@@ -82,7 +87,7 @@ class Net(nn.Module):
 
 
 def counted_steps(steps: int, **options):
-    """Trains ``Net`` with a monitor; returns per-step (host reads, uploads) and the monitor."""
+    """Trains ``Net`` with a monitor; returns per-step (host reads, uploads, reads of the loss) and the monitor."""
     torch.manual_seed(0)
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -91,19 +96,19 @@ def counted_steps(steps: int, **options):
     per_step = []
     for _ in range(steps):
         with HostSyncCounter() as counter:
-            loss = F.cross_entropy(model(x), y)
+            loss = counter.loss = F.cross_entropy(model(x), y)
             loss.backward()
             monitor.step(loss)
             opt.step()
             opt.zero_grad()
-        per_step.append((dict(counter.reads), dict(counter.uploads)))
+        per_step.append((dict(counter.reads), dict(counter.uploads), dict(counter.loss_reads)))
     monitor.scheduled_snapshot = monitor.last_snapshot  # close() checks the last steps once more
     monitor.close()
     return per_step, monitor
 
 
 def assert_one_read_per_check(per_step, check_every: int) -> None:
-    for step, (reads, uploads) in enumerate(per_step):
+    for step, (reads, uploads, _) in enumerate(per_step):
         if step % check_every == 0:
             assert reads == {"numpy": 1}, f"check step {step}: expected one batched read (.numpy()), got {reads}"
         else:
@@ -123,6 +128,8 @@ def test_no_host_reads_on_unchecked_steps_and_one_per_check(options, loss_path, 
     assert (monitor.loss_collector._host_losses is None) == (loss_path == "device")
     assert_one_read_per_check(per_step, monitor.options.check_every)
     assert "zero_fraction" in monitor.scheduled_snapshot.stats  # the activation paths really ran
+    # the loss itself: read from host memory once a step on the CPU path, never on the device path
+    assert [loss_reads for _, _, loss_reads in per_step] == [{"tolist": 1} if loss_path == "host" else {}] * len(per_step)
 
 
 def test_plain_training_step_reads_nothing():
@@ -138,9 +145,10 @@ def test_plain_training_step_reads_nothing():
 
 @pytest.mark.parametrize("plant", ["loss_item", "activation_bool"])
 def test_a_planted_host_read_is_caught(plant, monkeypatch):
-    if plant == "loss_item":
+    if plant == "loss_item":  # a read of the collector's per-step losses (on a GPU: a wait for the device)
         record = LossCollector.record
-        monkeypatch.setattr(LossCollector, "record", lambda self, loss, offset: (loss.item(), record(self, loss, offset)))
+        monkeypatch.setattr(LossCollector, "record",
+                            lambda self, loss, offset: (self.losses.flags[offset].item(), record(self, loss, offset)))
     else:
         observe = activations.Site.observe
         monkeypatch.setattr(activations.Site, "observe", lambda self, x: (bool(x.amax() > 0), observe(self, x)))

@@ -1,4 +1,4 @@
-"""The loss collector: every form of loss gives the same interval statistics; the usual CPU loss costs no torch call."""
+"""The loss collector: every form of loss gives the same interval statistics; the usual CPU loss costs no ATen operation."""
 
 from __future__ import annotations
 
@@ -70,10 +70,12 @@ def test_host_number_reads_only_what_is_in_host_memory_as_float32():
     assert host_number(torch.tensor(1.5)) == 1.5
     assert host_number(torch.tensor([0.0, 2.5])[1]) == 2.5  # a view: its own element, not the storage's first
     assert host_number(2.0) == 2.0 and host_number(math.inf) == math.inf
-    assert interval_losses([[torch.tensor(1 + 2j).conj().imag]]) == [-2.0]  # a negative-bit view, read right
+    # negative-bit views (the imaginary part of a conjugate stores the other sign): read with their sign
+    assert host_number(torch.tensor(1 + 2j).conj().imag) == -2.0 and host_number(torch._neg_view(torch.tensor(1.5))) == -1.5
+    assert interval_losses([[torch.tensor(1 + 2j).conj().imag]]) == [-2.0]
+    no_storage = torch.sparse_coo_tensor(torch.zeros(0, 1, dtype=torch.long), torch.tensor([1.5]), (), check_invariants=True)
     for other in (torch.tensor(1.5, dtype=torch.float64), torch.tensor([1.5]), torch.nn.Parameter(torch.tensor(1.5)),
-                  torch.tensor(1.5, device="meta"), torch._neg_view(torch.tensor(1.5)),
-                  torch.tensor(1 + 2j).conj().imag, 1e39, 3, True, "1.5"):
+                  torch.tensor(1.5, device="meta"), no_storage, 1e39, 3, True, "1.5"):
         assert host_number(other) is None, other
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import math
 import numbers
 
@@ -20,7 +19,7 @@ class LossCollector(Collector):
     Recording a loss is one in-place add into the step's slot of a per-step device vector: the
     value is captured at once (a training loop may change the loss tensor in place afterwards, as
     the Hugging Face Trainer's ``loss *= ...`` does). On the CPU the usual loss (a 0-d float32
-    tensor) is read from its memory and added in the slot's memory, with no torch call at all.
+    tensor) is read with ``tolist()`` and added in the slot's memory, with no ATen operation at all.
     ``end_step`` hands the step's slot to the trip-wire: from a GPU its copy to the host is the
     only other per-step device work; on the CPU the trip-wire reads the slot's memory directly.
     """
@@ -41,7 +40,7 @@ class LossCollector(Collector):
             return
         if self._host_losses is not None:
             number = host_number(loss)
-            if number is not None:  # the usual loss on the CPU: added in the slot's memory, no torch call
+            if number is not None:  # the usual loss on the CPU: added in the slot's memory, no ATen op
                 _add_float32(self._host_losses, offset, number)
                 self._counts[offset] += 1
                 return
@@ -142,26 +141,22 @@ class LossCollector(Collector):
         self._counts = [0] * len(self._counts)
 
 
-_read_float32 = ctypes.c_float.from_address
-
-
 def host_number(loss: torch.Tensor | float) -> float | None:
-    """The value of a loss that is already in host memory, read without a torch call; else None.
+    """The value of a loss that is already in host memory, as a Python float; else None.
 
-    A 0-d float32 CPU tensor (the usual loss) is read straight from its memory: on a step whose
-    caches the backward pass has just emptied, any torch operation costs several times more.
-    Python numbers within float32's range count too; anything else (other dtypes, shapes,
-    devices, tensor subclasses) returns None and takes the general path.
+    A 0-d float32 CPU tensor (the usual loss) is read with ``tolist()``, which reads its memory
+    directly (negative and conjugate bits resolved): on a step whose caches the backward pass has
+    just emptied it costs less than any ATen operation, ``item()`` included. Python numbers within
+    float32's range count too; anything else (other dtypes, shapes, devices, tensor subclasses,
+    tensors without storage) returns None and takes the general path.
     """
     if type(loss) is torch.Tensor:
-        # a negative-bit view (the imaginary part of a conjugate) stores the value with the other sign
-        if not (loss.is_cpu and loss.dtype is torch.float32 and loss.dim() == 0) or loss.is_neg():
+        if loss.dtype is not torch.float32 or not loss.is_cpu or loss.dim() != 0:
             return None
         try:
-            address = loss.data_ptr()
+            return loss.tolist()
         except RuntimeError:  # no storage (a sparse or opaque tensor)
             return None
-        return _read_float32(address).value if address else None
     if isinstance(loss, float) and _fits_float32(loss):
         return loss
     return None

@@ -26,8 +26,9 @@ class LossTripwire:
     ``record`` copies the step's loss into its slot of a host buffer: on a GPU asynchronously, into
     pinned memory, followed by a CUDA event; ``tripped`` tests the values whose copies have landed
     (the event is queried, never waited for). One copy a step is all the device sees. A loss
-    already in host memory (training on the CPU) is handed over with ``record_value`` and needs no
-    copy at all. The limit is set from each check's losses (``set_typical``).
+    already in host memory (training on the CPU) is handed over with ``record_value``, needs no
+    copy and is tested at once; ``tripped`` reports it at the next step, as it would a copied one.
+    The limit is set from each check's losses (``set_typical``).
     """
 
     def __init__(self, interval: int, device: torch.device) -> None:
@@ -35,7 +36,7 @@ class LossTripwire:
         self._first_typical: float | None = None
         self._mean: float | None = None
         self._untested: list[tuple[int, int]] = []  # (offset, losses summed there) copied but not yet tested
-        self._on_host: list[tuple[float, int]] = []  # (loss, losses summed in it) handed over on the host
+        self._jumped = False  # a loss handed over on the host since the last ``tripped()`` tripped the wire
         self._buffers(interval, device)
 
     def _buffers(self, interval: int, device: torch.device) -> None:
@@ -56,9 +57,11 @@ class LossTripwire:
         del self._untested[:-len(self._views)]  # a slot copied again replaces its older value
 
     def record_value(self, total: float, count: int) -> None:
-        """Hands over one step's loss that is already a host number (``total`` of ``count`` losses)."""
-        self._on_host.append((total, count))
-        del self._on_host[:-len(self._views)]
+        """Tests one step's loss that is already a host number (``total`` of ``count`` losses) at once.
+
+        ``tripped`` reports the result, as it does for copied losses.
+        """
+        self._jumped = self._jumped or _jumps(total, count, self.limit)
 
     def set_typical(self, typical: float, steps: int = 1) -> None:
         """Sets the reference from a check: ``typical`` is the mean |loss| of its ``steps`` finite step losses.
@@ -74,17 +77,20 @@ class LossTripwire:
         self.limit = limit if limit <= FLOAT32_MAX else math.inf  # beyond float32 every finite loss is below it
 
     def tripped(self) -> bool:
-        """Whether a loss copied since the last call jumped or went non-finite (False while in flight)."""
-        losses = self._on_host
-        if losses:
-            self._on_host = []
+        """Whether a loss handed over or copied since the last call jumped or went non-finite.
+
+        A copy still in flight counts at a later call.
+        """
+        jumped, self._jumped = self._jumped, False
         if self._untested and (self._event is None or self._event.query()):
-            losses = losses + [(float(self._values[offset]), count) for offset, count in self._untested]
-            self._untested = []
-        limit = self.limit
-        for total, count in losses:
-            # |loss|: objectives such as negative log-likelihoods can be negative. NaN and Inf fail
-            # the comparison too (strict: Inf is not below an infinite limit), so one test covers both.
-            if not abs(total) < limit * count:
-                return True
-        return False
+            untested, self._untested = self._untested, []
+            limit = self.limit
+            jumped = any([_jumps(float(self._values[offset]), count, limit) for offset, count in untested]) or jumped
+        return jumped
+
+
+def _jumps(total: float, count: int, limit: float) -> bool:
+    """Whether a step's loss (``total`` of ``count`` losses) trips a wire set at ``limit`` per loss."""
+    # |loss|: objectives such as negative log-likelihoods can be negative. NaN and Inf fail the
+    # comparison too (strict: Inf is not below an infinite limit), so one test covers both.
+    return not abs(total) < limit * count
