@@ -206,3 +206,78 @@ def test_a_loss_changed_in_place_after_recording_keeps_its_recorded_value(strict
     monitor.flush()
     assert monitor.last_snapshot.loss == 1.5
     assert not monitor.loss_collector.tripped(), "the trip-wire saw the recorded value, not the scaled one"
+
+
+def run_with_events(quiet_path: bool, monkeypatch) -> tuple[list, list, int]:
+    """60 steps with events on steps between checks; returns (snapshots, alerts, quiet steps taken).
+
+    Events: a loss spike (the trip-wire forces a check at the next step), a validation loss, a
+    loss recorded with ``log_loss`` before a ``step()`` without one, a checkpoint saved and loaded
+    mid-interval, and a NaN loss.
+    """
+    if not quiet_path:
+        monkeypatch.setattr(torchhealth.Monitor, "_quiet_steps_ahead", lambda self: 0)
+    taken = []
+    quiet_step = torchhealth.Monitor._quiet_step
+    monkeypatch.setattr(torchhealth.Monitor, "_quiet_step", lambda self, loss: taken.append(quiet_step(self, loss)) or taken[-1])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = torchhealth.Monitor(model, opt, strict=True, check_every=5, log_every=10, sample_every=5,
+                                  on_alert=lambda a: None)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    snapshots = []
+    for step in range(60):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if step == 23:
+            monitor.step(loss * 100)
+        elif step == 36:
+            monitor.step(loss, val_loss=loss.detach() * 1.5)
+        elif step == 42:
+            monitor.log_loss(loss)
+            monitor.step()
+        elif step == 47:
+            state = monitor.state_dict()
+            monitor.step(loss)
+            monitor.load_state_dict(state)
+        elif step == 53:
+            monitor.step(loss * float("nan"))
+        else:
+            monitor.step(loss)
+        opt.step()
+        opt.zero_grad()
+        if monitor.last_snapshot is not None and (not snapshots or snapshots[-1] is not monitor.last_snapshot):
+            snapshots.append(monitor.last_snapshot)
+    alerts = [(a.kind, a.layer, a.step, a.severity) for a in monitor.alerts]
+    monitor.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        monitor.step(loss)
+    return snapshots, alerts, sum(taken)
+
+
+def test_steps_with_nothing_but_a_loss_to_record_take_the_quiet_path_and_change_nothing(monkeypatch):
+    quiet_snapshots, quiet_alerts, taken = run_with_events(True, monkeypatch)
+    monkeypatch.undo()
+    full_snapshots, full_alerts, not_taken = run_with_events(False, monkeypatch)
+    assert not_taken == 0 and taken >= 25, f"the quiet path ran on {taken} of 60 steps"
+    assert [s.step for s in quiet_snapshots] == [s.step for s in full_snapshots]
+    assert 24 in [s.step for s in full_snapshots], "the spike at step 23 forced a check at step 24"
+    for quiet, full in zip(quiet_snapshots, full_snapshots):
+        assert (quiet.loss, quiet.val_loss, quiet.nonfinite, quiet.stats) == (full.loss, full.val_loss, full.nonfinite, full.stats), quiet.step
+    assert quiet_alerts == full_alerts and "nonfinite" in [kind for kind, _, _, _ in full_alerts]
+    # the checkpoint loaded at step 47 was saved before that step's step(): later steps count one lower
+    assert {"loss": 52} in [s.nonfinite for s in full_snapshots]
+
+
+def test_step_after_close_raises_between_checks():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    monitor = torchhealth.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), on_alert=lambda a: None)
+    for _ in range(3):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        loss.backward()
+        monitor.step(loss)
+    assert monitor._quiet_ahead > 0, "the next step would have taken the quiet path"
+    monitor.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        monitor.step(loss)

@@ -86,6 +86,7 @@ class Monitor:
         self.step_count = 0
         self._interval_start = 0
         self._forced_checks = 0
+        self._quiet_ahead = 0  # the next steps that need only their loss recorded (``_quiet_steps_ahead``)
         self._reading: _Reading | None = None
         self._carried: list[Alert] = []  # alerts state_dict() read early: step() returns (and raises) them next
         self.last_snapshot: Snapshot | None = None
@@ -140,6 +141,9 @@ class Monitor:
         Raises:
             TrainingHealthError: On a critical alert when ``on_alert="raise"``.
         """
+        if self._quiet_ahead and val_loss is None and self._quiet_step(loss):
+            return []
+        self._quiet_ahead = 0
         if self._closed:
             raise RuntimeError("Monitor.step() was called after close(); create a new Monitor to keep watching")
         if len(self.guard.disabled) != self._failed_parts:
@@ -172,6 +176,7 @@ class Monitor:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
         self.activations.prepare(self.step_count % self.options.sample_every == 0)
+        self._quiet_ahead = self._quiet_steps_ahead()
         if new:
             self._deliver(new)
         if not self._carried:
@@ -179,6 +184,31 @@ class Monitor:
         carried, self._carried = self._carried, []  # already sent to the sinks by state_dict()
         self._raise_critical(carried)
         return carried + new
+
+    def _quiet_step(self, loss: torch.Tensor | float | None) -> bool:
+        """Records a step that needs nothing but its loss; False when it needs the full ``step()``."""
+        try:
+            recorded = self.loss_collector.record_quiet_step(loss, self.step_count - self._interval_start)
+        except Exception:  # recorded nothing: the full step runs it again under the guard, which reports it
+            return False
+        if recorded:
+            self._quiet_ahead -= 1
+            self.step_count += 1
+        return recorded
+
+    def _quiet_steps_ahead(self) -> int:
+        """How many of the next steps need nothing but their loss recorded.
+
+        No check, weight copy or sampled forward falls on them, nothing waits (a check's copy from
+        the GPU, alerts to deliver), no part has failed, and the hooks are as unsampled forwards
+        need them. Most steps are such steps, and the training loop waits for each: ``step()``
+        records their loss in a few operations instead of walking the whole schedule.
+        """
+        if (self._reading is not None or self._carried or self._static_alerts or self.guard.disabled
+                or not self.activations.settled()):
+            return 0
+        step, options = self.step_count, self.options
+        return min((-step) % options.check_every, (-step - 1) % options.log_every, (-step - 1) % options.sample_every)
 
     def log_validation(self, loss: torch.Tensor | float) -> None:
         """Reports a validation loss; it appears in the next snapshot (and enables overfitting checks)."""
@@ -209,7 +239,9 @@ class Monitor:
         would have come without the checkpoint: under torch.distributed a checkpoint saved on one
         rank only must not move that rank's raise.
         """
-        self._carried += self._flush(may_raise=False)  # saving a checkpoint must not raise
+        # saving a checkpoint must not raise; only a pending reading carries alerts, and then no
+        # step is quiet (``_quiet_steps_ahead``): the next step() returns them
+        self._carried += self._flush(may_raise=False)
         return {
             "version": STATE_VERSION,
             "step": self.step_count,
@@ -241,7 +273,7 @@ class Monitor:
         sent = {(a.kind, a.layer, a.message) for a in self.alerts}
         self._static_alerts = [a for a in self._static_alerts if (a.kind, a.layer, a.message) not in sent]
         self.step_count = self._interval_start = state["step"]
-        self._reading, self._carried = None, []
+        self._reading, self._carried, self._quiet_ahead = None, [], 0
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.reset_interval)
         self.activations.sampling = self.step_count % self.options.sample_every == 0
@@ -274,6 +306,7 @@ class Monitor:
         if self._closed:
             return
         self._closed = True
+        self._quiet_ahead = 0  # step() must raise from now on
         for driver in self._attached:
             self.guard.call(f"detach {type(driver).__name__}", driver.close)
         static, self._static_alerts = self._static_alerts, []

@@ -146,6 +146,12 @@ class ActivationCollector(Collector):
         if sampling != self._sampling or (self._start_handle is None and compiler_loaded()):
             self.sampling = sampling
 
+    def settled(self) -> bool:
+        """Whether steps may go on without this collector: no sampled statistics wait to be filed,
+        and ``prepare(False)`` would change nothing (the compile-safe pre-hook is in place, or the
+        collector is closed)."""
+        return not self._sampling and not self.observed and (self._start_handle is not None or self._closed)
+
     def _update_hooks(self) -> None:
         # In eager mode the model and its activation modules carry hooks only for sampled forwards:
         # any forward hook sends a module call down PyTorch's slow path, even one that returns at

@@ -63,6 +63,11 @@ class LossTripwire:
         """
         self._jumped = self._jumped or _jumps(total, count, self.limit)
 
+    @property
+    def jumped(self) -> bool:
+        """Whether a loss handed over on the host tripped the wire since the last ``tripped()`` (which reports it)."""
+        return self._jumped
+
     def set_typical(self, typical: float, steps: int = 1) -> None:
         """Sets the reference from a check: ``typical`` is the mean |loss| of its ``steps`` finite step losses.
 
