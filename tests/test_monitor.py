@@ -14,6 +14,7 @@ from torch import nn
 
 import torchhealth
 from torchhealth import Alert, TrainingHealthError, TrainingHealthWarning
+from torchhealth.collectors.loss import LossCollector
 from torchhealth.detectors import Detector
 
 
@@ -208,15 +209,17 @@ def test_a_loss_changed_in_place_after_recording_keeps_its_recorded_value(strict
     assert not monitor.loss_collector.tripped(), "the trip-wire saw the recorded value, not the scaled one"
 
 
-def run_with_events(quiet_path: bool, monkeypatch) -> tuple[list, list, int]:
-    """60 steps with events on steps between checks; returns (snapshots, alerts, quiet steps taken).
+def run_with_events(quiet_path: bool, monkeypatch, host_losses: bool = True) -> tuple[list, list, list]:
+    """60 steps with events on steps between checks; returns (snapshots, alerts, each quiet step tried: taken?).
 
     Events: a loss spike (the trip-wire forces a check at the next step), a validation loss, a
     loss recorded with ``log_loss`` before a ``step()`` without one, a checkpoint saved and loaded
-    mid-interval, and a NaN loss.
+    mid-interval, and a NaN loss. ``host_losses=False`` keeps the losses as on a GPU.
     """
     if not quiet_path:
         monkeypatch.setattr(torchhealth.Monitor, "_quiet_steps_ahead", lambda self: 0)
+    if not host_losses:
+        monkeypatch.setattr(LossCollector, "_host_view", lambda self: None)
     taken = []
     quiet_step = torchhealth.Monitor._quiet_step
     monkeypatch.setattr(torchhealth.Monitor, "_quiet_step", lambda self, loss: taken.append(quiet_step(self, loss)) or taken[-1])
@@ -253,19 +256,21 @@ def run_with_events(quiet_path: bool, monkeypatch) -> tuple[list, list, int]:
     monitor.close()
     with pytest.raises(RuntimeError, match="after close"):
         monitor.step(loss)
-    return snapshots, alerts, sum(taken)
+    return snapshots, alerts, taken
 
 
 def test_steps_with_nothing_but_a_loss_to_record_take_the_quiet_path_and_change_nothing(monkeypatch):
-    quiet_snapshots, quiet_alerts, taken = run_with_events(True, monkeypatch)
+    quiet_snapshots, quiet_alerts, tried = run_with_events(True, monkeypatch)
     monkeypatch.undo()
-    full_snapshots, full_alerts, not_taken = run_with_events(False, monkeypatch)
-    assert not_taken == 0 and taken >= 25, f"the quiet path ran on {taken} of 60 steps"
+    full_snapshots, full_alerts, not_tried = run_with_events(False, monkeypatch)
+    assert not_tried == [] and sum(tried) >= 25, f"the quiet path ran on {sum(tried)} of 60 steps"
     assert [s.step for s in quiet_snapshots] == [s.step for s in full_snapshots]
     assert 24 in [s.step for s in full_snapshots], "the spike at step 23 forced a check at step 24"
     for quiet, full in zip(quiet_snapshots, full_snapshots):
         assert (quiet.loss, quiet.val_loss, quiet.nonfinite, quiet.stats) == (full.loss, full.val_loss, full.nonfinite, full.stats), quiet.step
     assert quiet_alerts == full_alerts and "nonfinite" in [kind for kind, _, _, _ in full_alerts]
+    monkeypatch.undo()
+    assert run_with_events(True, monkeypatch, host_losses=False)[2] == [], "losses on a GPU take the full step at once"
     # the checkpoint loaded at step 47 was saved before that step's step(): later steps count one lower
     assert {"loss": 52} in [s.nonfinite for s in full_snapshots]
 

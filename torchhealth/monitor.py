@@ -200,12 +200,13 @@ class Monitor:
         """How many of the next steps need nothing but their loss recorded.
 
         No check, weight copy or sampled forward falls on them, nothing waits (a check's copy from
-        the GPU, alerts to deliver), no part has failed, and the hooks are as unsampled forwards
-        need them. Most steps are such steps, and the training loop waits for each: ``step()``
-        records their loss in a few operations instead of walking the whole schedule.
+        the GPU, alerts to deliver), no part has failed, the hooks are as unsampled forwards need
+        them, and losses are kept on the host (training on the CPU). Most steps are such steps,
+        and the training loop waits for each: ``step()`` records their loss in a few operations
+        instead of walking the whole schedule.
         """
         if (self._reading is not None or self._carried or self._static_alerts or self.guard.disabled
-                or not self.activations.settled()):
+                or not self.loss_collector.on_host or not self.activations.settled()):
             return 0
         step, options = self.step_count, self.options
         return min((-step) % options.check_every, (-step - 1) % options.log_every, (-step - 1) % options.sample_every)

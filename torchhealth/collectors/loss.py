@@ -50,6 +50,11 @@ class LossCollector(Collector):
         self.losses.mark(offset, value)
         self._counts[offset] += 1
 
+    @property
+    def on_host(self) -> bool:
+        """Whether the per-step losses live in host memory (training on the CPU): ``record_quiet_step`` can record."""
+        return self._host_losses is not None
+
     def record_quiet_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
         """Records a step that has nothing else to do, in as few operations as possible.
 
