@@ -147,9 +147,9 @@ class ActivationCollector(Collector):
             self.sampling = sampling
 
     def settled(self) -> bool:
-        """Whether steps may go on without this collector: no sampled statistics wait to be filed,
-        and ``prepare(False)`` would change nothing (the compile-safe pre-hook is in place, or the
-        collector is closed)."""
+        """Whether the next unsampled steps need nothing from this collector: no sampled statistics
+        wait to be filed, and ``prepare(False)`` would change nothing (the compile-safe pre-hook is
+        in place, or the collector is closed)."""
         return not self._sampling and not self.observed and (self._start_handle is not None or self._closed)
 
     def _update_hooks(self) -> None:
