@@ -58,19 +58,21 @@ class LossCollector(Collector):
     def record_quiet_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
         """Records a step that has nothing else to do, in as few operations as possible.
 
-        Only the usual CPU loss of a step whose trip-wire did not trip at the previous step:
-        added in the slot's memory and handed to the trip-wire. Anything else returns False
-        having recorded nothing, and the step takes ``on_step``.
+        Only the usual CPU loss (or none: ``log_loss`` may have recorded it) of a step whose
+        trip-wire did not trip at the previous step: added in the slot's memory, and the step's
+        loss handed to the trip-wire. Anything else returns False having recorded nothing, and
+        the step takes ``on_step``.
         """
         slots, tripwire = self._host_losses, self.tripwire
         if slots is None or (tripwire is not None and tripwire.jumped) or not 0 <= offset < len(self._counts):
             return False
-        number = host_number(loss)
-        if number is None:
-            return False
-        _add_float32(slots, offset, number)
-        self._counts[offset] += 1
-        if tripwire is not None:
+        if loss is not None:
+            number = host_number(loss)
+            if number is None:
+                return False
+            _add_float32(slots, offset, number)
+            self._counts[offset] += 1
+        if tripwire is not None and self._counts[offset]:
             tripwire.record_value(slots[offset], self._counts[offset])
         return True
 
