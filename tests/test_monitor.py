@@ -285,7 +285,29 @@ def test_step_after_close_raises_between_checks():
         loss = model(torch.randn(8, 4)).pow(2).mean()
         loss.backward()
         monitor.step(loss)
-    assert monitor._quiet_ahead > 0, "the next step would have taken the quiet path"
+    assert monitor._quiet_from <= monitor.step_count < monitor._quiet_until, "the next step would have been quiet"
     monitor.close()
     with pytest.raises(RuntimeError, match="after close"):
         monitor.step(loss)
+
+
+def test_a_step_count_set_from_outside_is_checked_on_its_own_schedule():
+    """A resumed run may set ``step_count`` directly (integrations.state.restore_monitor does)."""
+    from torchhealth.integrations.state import restore_monitor
+
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    monitor = torchhealth.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.01), check_every=10,
+                                  log_every=10, sample_every=10, on_alert=lambda a: None)
+    checked = [0]
+    for step in range(32):
+        if step == 3:
+            restore_monitor(monitor, {"step_count": 10})  # forward, past the schedule's next check
+        if step == 15:
+            restore_monitor(monitor, {"step_count": 5})  # back, before a check already passed
+        loss = model(torch.randn(4, 2)).pow(2).mean()
+        loss.backward()
+        monitor.step(loss)
+        model.zero_grad()
+        if monitor.last_snapshot.step != checked[-1]:
+            checked.append(monitor.last_snapshot.step)
+    assert checked == [0, 10, 20, 10, 20]

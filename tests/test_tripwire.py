@@ -86,3 +86,25 @@ def test_a_loss_that_stays_nonfinite_adds_at_most_three_checks_per_interval():
             checked.append(step)
     monitor.close()
     assert checked == [0, 10, 20, 21, 22, 23, 30, 31, 32, 33, 40, 41, 42, 43]
+
+
+@pytest.mark.parametrize("losses, every", [
+    ([1.0, 1.0, 3.5, 1.0, 1.0, 1.0], 2),  # a jump on a check step, within 3x of the limit that check sets
+    ([2.5] * 56 + [7.0] + [2.5] * 8, 7),  # a jump on a check step, beyond the limit that check sets
+])
+def test_host_losses_meet_the_limit_copied_ones_meet_in_the_monitors_order(losses, every):
+    """The monitor tests at the start of a step, records, then checks (setting a new limit)."""
+    def run(on_host):
+        wire, out, interval = LossTripwire(every, torch.device("cpu")), [], []
+        for step, value in enumerate(losses):
+            out.append(wire.tripped())
+            if on_host:
+                wire.record_value(value, 1)
+            else:
+                wire.record(torch.tensor(value), 1, step % every)
+            interval.append(abs(value))
+            if step % every == 0:
+                wire.set_typical(sum(interval) / len(interval), len(interval))
+                interval = []
+        return out
+    assert run(on_host=True) == run(on_host=False)

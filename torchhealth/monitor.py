@@ -86,7 +86,9 @@ class Monitor:
         self.step_count = 0
         self._interval_start = 0
         self._forced_checks = 0
-        self._quiet_ahead = 0  # the next steps that need only their loss recorded (``_quiet_steps_ahead``)
+        # steps from ``_quiet_from`` to before ``_quiet_until`` need only their loss recorded (``_quiet_steps_ahead``);
+        # a range of step numbers, not a count: code that sets ``step_count`` (a resumed run) leaves it
+        self._quiet_from = self._quiet_until = 0
         self._reading: _Reading | None = None
         self._carried: list[Alert] = []  # alerts state_dict() read early: step() returns (and raises) them next
         self.last_snapshot: Snapshot | None = None
@@ -141,9 +143,9 @@ class Monitor:
         Raises:
             TrainingHealthError: On a critical alert when ``on_alert="raise"``.
         """
-        if self._quiet_ahead and val_loss is None and self._quiet_step(loss):
+        if self._quiet_from <= self.step_count < self._quiet_until and val_loss is None and self._quiet_step(loss):
             return []
-        self._quiet_ahead = 0
+        self._quiet_until = 0
         if self._closed:
             raise RuntimeError("Monitor.step() was called after close(); create a new Monitor to keep watching")
         if len(self.guard.disabled) != self._failed_parts:
@@ -176,7 +178,7 @@ class Monitor:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
         self.activations.prepare(self.step_count % self.options.sample_every == 0)
-        self._quiet_ahead = self._quiet_steps_ahead()
+        self._quiet_from, self._quiet_until = self.step_count, self.step_count + self._quiet_steps_ahead()
         if new:
             self._deliver(new)
         if not self._carried:
@@ -192,7 +194,6 @@ class Monitor:
         except Exception:  # recorded nothing: the full step runs it again under the guard, which reports it
             return False
         if recorded:
-            self._quiet_ahead -= 1
             self.step_count += 1
         return recorded
 
@@ -274,7 +275,7 @@ class Monitor:
         sent = {(a.kind, a.layer, a.message) for a in self.alerts}
         self._static_alerts = [a for a in self._static_alerts if (a.kind, a.layer, a.message) not in sent]
         self.step_count = self._interval_start = state["step"]
-        self._reading, self._carried, self._quiet_ahead = None, [], 0
+        self._reading, self._carried, self._quiet_until = None, [], 0
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.reset_interval)
         self.activations.sampling = self.step_count % self.options.sample_every == 0
@@ -307,7 +308,7 @@ class Monitor:
         if self._closed:
             return
         self._closed = True
-        self._quiet_ahead = 0  # step() must raise from now on
+        self._quiet_until = 0  # step() must raise from now on
         for driver in self._attached:
             self.guard.call(f"detach {type(driver).__name__}", driver.close)
         static, self._static_alerts = self._static_alerts, []

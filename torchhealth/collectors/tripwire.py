@@ -36,7 +36,8 @@ class LossTripwire:
         self._first_typical: float | None = None
         self._mean: float | None = None
         self._untested: list[tuple[int, int]] = []  # (offset, losses summed there) copied but not yet tested
-        self._jumped = False  # a loss handed over on the host since the last ``tripped()`` tripped the wire
+        self._on_host: list[tuple[float, int]] = []  # (loss, losses summed in it) handed over since ``tripped()``
+        self._jumped = False  # whether one of them trips the wire at the current limit
         self._buffers(interval, device)
 
     def _buffers(self, interval: int, device: torch.device) -> None:
@@ -57,10 +58,13 @@ class LossTripwire:
         del self._untested[:-len(self._views)]  # a slot copied again replaces its older value
 
     def record_value(self, total: float, count: int) -> None:
-        """Tests one step's loss that is already a host number (``total`` of ``count`` losses) at once.
+        """Hands over one step's loss that is already a host number (``total`` of ``count`` losses).
 
-        ``tripped`` reports the result, as it does for copied losses.
+        It is tested at once, and again if a check sets a new limit before ``tripped`` reports it:
+        the limit it meets is the one a copied loss meets at the next step.
         """
+        self._on_host.append((total, count))
+        del self._on_host[:-len(self._views)]
         self._jumped = self._jumped or _jumps(total, count, self.limit)
 
     @property
@@ -80,13 +84,14 @@ class LossTripwire:
         self._mean = past * self._mean + (1 - past) * typical
         limit = TRIP_FACTOR * max(self._first_typical, self._mean)
         self.limit = limit if limit <= FLOAT32_MAX else math.inf  # beyond float32 every finite loss is below it
+        self._jumped = any([_jumps(total, count, self.limit) for total, count in self._on_host])
 
     def tripped(self) -> bool:
         """Whether a loss handed over or copied since the last call jumped or went non-finite.
 
         A copy still in flight counts at a later call.
         """
-        jumped, self._jumped = self._jumped, False
+        jumped, self._jumped, self._on_host = self._jumped, False, []
         if self._untested and (self._event is None or self._event.query()):
             untested, self._untested = self._untested, []
             limit = self.limit
