@@ -72,8 +72,7 @@ class LossCollector(Collector):
                 return False
             _add_float32(slots, offset, number)
             self._counts[offset] += 1
-        if tripwire is not None and self._counts[offset]:
-            tripwire.record_value(slots[offset], self._counts[offset])
+        self.end_step(offset)
         return True
 
     def on_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
