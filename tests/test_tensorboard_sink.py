@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -131,3 +132,65 @@ def test_no_log_dir_writes_nothing(tmp_path, monkeypatch):
     with torchhealth.Monitor(model, check_every=1) as monitor:
         train(monitor, model, 2)
     assert os.listdir(tmp_path) == []
+
+
+def read_records(path):
+    """Every record of an event file through TensorBoard's own reader, which checks both checksums of each."""
+    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
+
+    reader, records = pywrap_tensorflow.PyRecordReader_New(path), []
+    while True:
+        try:
+            reader.GetNext()
+        except errors.OutOfRangeError:
+            return records
+        records.append(reader.record())
+
+
+def test_event_records_carry_native_checksums_that_tensorboard_accepts(tmp_path):
+    pytest.importorskip("google_crc32c")
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.summary.writer import record_writer
+
+    from torchhealth.sinks import tensorboard as sink
+
+    model = small_net()
+    with torchhealth.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), log_dir=str(tmp_path),
+                             check_every=5, log_every=10) as monitor:
+        train(monitor, model, 31)
+    assert record_writer.masked_crc32c is sink.masked_crc32c  # the writer used the native checksum
+    [path] = glob.glob(str(tmp_path / "events.out.tfevents.*"))
+    records = read_records(path)  # raises DataLossError on any checksum that differs from TensorBoard's own
+    assert len(records) >= 4  # file version, dashboard layout, log steps 0, 10, 20, 30
+    assert {"health/grad_norm/total", "health/loss"} <= set(load(str(tmp_path)).Tags()["scalars"])
+    assert pywrap_tensorflow.masked_crc32c is not sink.masked_crc32c  # TensorBoard's reader kept its own
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_native_checksum_is_tensorboards(data):
+    pytest.importorskip("google_crc32c")
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+
+    from torchhealth.sinks.tensorboard import masked_crc32c
+
+    assert masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
+
+
+def test_python_checksums_stay_when_no_native_crc32c_is_there(monkeypatch):
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.summary.writer import record_writer
+
+    from torchhealth.sinks import tensorboard as sink
+
+    monkeypatch.setattr(record_writer, "masked_crc32c", pywrap_tensorflow.masked_crc32c)
+    monkeypatch.setattr(sink, "_crc32c_implementation", "python")  # google-crc32c's slow fallback
+    assert not sink.use_native_checksums()
+    monkeypatch.setattr(sink, "_crc32c", None)  # google-crc32c not installed
+    assert not sink.use_native_checksums()
+    assert record_writer.masked_crc32c is pywrap_tensorflow.masked_crc32c
+    monkeypatch.setattr(record_writer, "masked_crc32c", lambda data: 0)  # something else replaced it: left alone
+    monkeypatch.setattr(sink, "_crc32c", pytest.importorskip("google_crc32c").value)
+    monkeypatch.setattr(sink, "_crc32c_implementation", "c")
+    assert not sink.use_native_checksums()
+    assert record_writer.masked_crc32c(b"x") == 0

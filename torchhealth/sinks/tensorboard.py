@@ -6,6 +6,11 @@ from torchhealth.detectors.alert import Alert
 from torchhealth.sinks.base import Sink
 from torchhealth.snapshot import Snapshot
 
+try:  # a C implementation of CRC32C for TensorBoard's record checksums (``use_native_checksums``)
+    from google_crc32c import implementation as _crc32c_implementation, value as _crc32c
+except ImportError:
+    _crc32c, _crc32c_implementation = None, None
+
 TAG_PREFIX = "health"
 FLUSH_SECS = 10
 """The writer's background thread makes scalars durable at least this often (TensorBoard's default: 120)."""
@@ -52,6 +57,7 @@ class TensorBoardSink(Sink):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            use_native_checksums()
             # a queue of 10 (the default) makes the training thread wait on the writer thread at every
             # log step; the events are still flushed every FLUSH_SECS and at once for critical alerts
             self._writer = SummaryWriter(self.log_dir, max_queue=WRITER_QUEUE, flush_secs=FLUSH_SECS)
@@ -89,3 +95,35 @@ class TensorBoardSink(Sink):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+
+def use_native_checksums() -> bool:
+    """Gives TensorBoard's record writer a native CRC32C (``google-crc32c``); True when it has one.
+
+    Without TensorFlow, TensorBoard checksums every record in pure Python, about 0.12 us a byte:
+    0.75 ms for a log step's event of 128 scalars, on the writer's thread, which holds the GIL the
+    training thread needs meanwhile. The checksums are the same (compared on a sample before the
+    swap, which is made only over TensorBoard's own function); every TensorBoard writer in the
+    process gains from it.
+    """
+    try:
+        from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+        from tensorboard.summary.writer import record_writer
+    except ImportError:
+        return False
+    current = getattr(record_writer, "masked_crc32c", None)
+    if current is masked_crc32c:
+        return True
+    sample = bytes(range(256)) * 3
+    if (_crc32c is None or _crc32c_implementation != "c" or current is not pywrap_tensorflow.masked_crc32c
+            or masked_crc32c(sample) != current(sample)):
+        return False
+    record_writer.masked_crc32c = masked_crc32c
+    return True
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC32C of ``data``, natively (what TensorBoard's ``masked_crc32c`` computes)."""
+    crc = _crc32c(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
