@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import sys
+from itertools import compress
 from typing import Any, Callable
 
 import numpy as np
@@ -21,7 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, first_nonfinite, host_values
+from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, file_values, first_nonfinite, host_values
 from torchhealth.facts import ModelFacts
 from torchhealth.safety import Guard
 from torchhealth.layers import ROOT_NAME, activation_kind, clean_name, unit_axis, unwrap
@@ -376,8 +377,9 @@ class ActivationCollector(Collector):
                 site.bind(window[start:start + count], interval[start:start + count], interval[total + i],
                           markers[i * self.interval:(i + 1) * self.interval])
             per_unit_relu = all(s.kind == "relu" and s.axis is not None for s in order)
+            relu = np.array([s.kind == "relu" for s in order])
             self._tensors = _SiteTensors(order, window, interval, interval[:total], interval[total:total + n],
-                                         markers, units, starts, np.array([s.kind == "relu" for s in order]),
+                                         markers, units, starts, relu, [s.name for s in order], bool(relu.all()),
                                          markers.view(n, self.interval).unbind(1) if per_unit_relu else ())
         return self._tensors
 
@@ -411,27 +413,29 @@ class ActivationCollector(Collector):
         read = self._read
         if read is None or "fires" not in state:
             return
-        order, units, starts, relu = read.order, read.units, read.starts, read.relu
+        order, units, starts, relu, names = read.order, read.units, read.starts, read.relu, read.names
         positive = state["positive"].astype(np.float64)
-        fires = state["fires"] + positive  # per unit, over the window so far
         numel = state["numel"]
         with np.errstate(divide="ignore", invalid="ignore"):
             off = np.where(relu, numel - np.add.reduceat(positive, starts), state["off"]) / numel
-        dead = np.add.reduceat((fires == 0).astype(np.float64), starts) / units
-        samples = state["samples"].tolist()
-        closed = []
-        # plain Python floats from here: indexing numpy arrays one element at a time is slower
-        for site, is_relu, seen, share, count, dead_share, counted in zip(
-                order, relu.tolist(), numel.tolist(), off.tolist(), samples, dead.tolist(), self._counted):
-            if seen > 0:
-                snapshot.stats.setdefault("zero_fraction" if is_relu else "saturation", {})[site.name] = share
-            if count >= self.window_samples:  # the window closes at this check
-                closed.append(site)
+        seen = numel > 0
+        if read.all_relu and seen.all():  # the usual model: one family, every site
+            file_values(snapshot, "zero_fraction", names, off)
+        else:
+            file_values(snapshot, "zero_fraction", compress(names, relu & seen), off[relu & seen])
+            file_values(snapshot, "saturation", compress(names, ~relu & seen), off[~relu & seen])
+        samples = state["samples"]
+        closing = samples >= self.window_samples  # the windows that close at this check
+        if closing.any():
+            closed = list(compress(order, closing))
+            for site, counted in zip(closed, compress(self._counted, closing)):
                 site.window_samples -= counted  # samples filed since the check start the next window
-                if is_relu:
-                    snapshot.stats.setdefault("dead_units", {})[site.name] = dead_share
-                    snapshot.window_samples = max(snapshot.window_samples, int(count))
-        if closed:
+            dead = closing & relu
+            if dead.any():
+                fires = state["fires"] + positive  # per unit, over the window
+                share = np.add.reduceat((fires == 0).astype(np.float64), starts) / units
+                file_values(snapshot, "dead_units", compress(names, dead), share[dead])
+                snapshot.window_samples = max(snapshot.window_samples, int(samples[dead].max()))
             # the device state holds exactly this window: later forwards are in ``positive`` until the next check
             if len(closed) == len(order) and self._tensors is read:  # the usual case: every window closes together
                 read.window.zero_()
@@ -463,6 +467,8 @@ class _SiteTensors:
     units: np.ndarray  # per site
     starts: np.ndarray  # where each site's units start in ``window`` and ``positive``
     relu: np.ndarray  # which sites are ReLUs
+    names: list[str]  # of the sites, in order
+    all_relu: bool  # every site is a ReLU
     columns: tuple[torch.Tensor, ...]  # per step offset, every site's marker; only when every site counts ReLU units
 
 
