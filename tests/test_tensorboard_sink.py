@@ -194,3 +194,11 @@ def test_python_checksums_stay_when_no_native_crc32c_is_there(monkeypatch):
     monkeypatch.setattr(sink, "_crc32c_implementation", "c")
     assert not sink.use_native_checksums()
     assert record_writer.masked_crc32c(b"x") == 0
+
+    def broken(data):
+        raise RuntimeError("no CPU support")
+
+    monkeypatch.setattr(record_writer, "masked_crc32c", pywrap_tensorflow.masked_crc32c)
+    monkeypatch.setattr(sink, "_crc32c", broken)  # a native library that fails: TensorBoard's own checksums stay
+    assert not sink.use_native_checksums()
+    assert record_writer.masked_crc32c is pywrap_tensorflow.masked_crc32c

@@ -97,7 +97,6 @@ class TensorBoardSink(Sink):
             self._writer = None
 
 
-
 def use_native_checksums() -> bool:
     """Gives TensorBoard's record writer a native CRC32C (``google-crc32c``); True when it has one.
 
@@ -115,9 +114,13 @@ def use_native_checksums() -> bool:
     current = getattr(record_writer, "masked_crc32c", None)
     if current is masked_crc32c:
         return True
+    if _crc32c is None or _crc32c_implementation != "c" or current is not pywrap_tensorflow.masked_crc32c:
+        return False
     sample = bytes(range(256)) * 3
-    if (_crc32c is None or _crc32c_implementation != "c" or current is not pywrap_tensorflow.masked_crc32c
-            or masked_crc32c(sample) != current(sample)):
+    try:  # a speed-up only: whatever goes wrong here leaves TensorBoard's own checksums in place
+        if masked_crc32c(sample) != current(sample):
+            return False
+    except Exception:
         return False
     record_writer.masked_crc32c = masked_crc32c
     return True
