@@ -422,8 +422,8 @@ class ActivationCollector(Collector):
         if read.all_relu and seen.all():  # the usual model: one family, every site
             file_values(snapshot, "zero_fraction", names, off)
         else:
-            file_values(snapshot, "zero_fraction", compress(names, relu & seen), off[relu & seen])
-            file_values(snapshot, "saturation", compress(names, ~relu & seen), off[~relu & seen])
+            for family, filed in (("zero_fraction", relu & seen), ("saturation", ~relu & seen)):
+                file_values(snapshot, family, compress(names, filed), off[filed])
         samples = state["samples"]
         closing = samples >= self.window_samples  # the windows that close at this check
         if closing.any():
