@@ -202,12 +202,13 @@ class Monitor:
 
         No check, weight copy or sampled forward falls on them, nothing waits (a check's copy from
         the GPU, alerts to deliver), no part has failed, the hooks are as unsampled forwards need
-        them, and losses are kept on the host (training on the CPU). Most steps are such steps,
+        them, and the loss reaches the host without a device add (losses kept on the host when
+        training on the CPU, or copied there by the trip-wire from a GPU). Most steps are such steps,
         and the training loop waits for each: ``step()`` records their loss in a few operations
         instead of walking the whole schedule.
         """
         if (self._reading is not None or self._carried or self._static_alerts or self.guard.disabled
-                or not self.loss_collector.on_host or not self.activations.settled()):
+                or not self.loss_collector.records_quietly or not self.activations.settled()):
             return 0
         step, options = self.step_count, self.options
         return min((-step) % options.check_every, (-step - 1) % options.log_every, (-step - 1) % options.sample_every)

@@ -150,8 +150,9 @@ class ActivationCollector(Collector):
     def settled(self) -> bool:
         """Whether the next unsampled steps need nothing from this collector: no sampled statistics
         wait to be filed, and ``prepare(False)`` would change nothing (the compile-safe pre-hook is
-        in place, or the collector is closed)."""
-        return not self._sampling and not self.observed and (self._start_handle is not None or self._closed)
+        in place, or not needed because torch.compile is not loaded, or the collector is closed)."""
+        return not self._sampling and not self.observed and (
+            self._start_handle is not None or self._closed or not compiler_loaded())
 
     def _update_hooks(self) -> None:
         # In eager mode the model and its activation modules carry hooks only for sampled forwards:

@@ -22,6 +22,9 @@ class LossCollector(Collector):
     tensor) is read with ``tolist()`` and added in the slot's memory, with no ATen operation at all.
     ``end_step`` hands the step's slot to the trip-wire: from a GPU its copy to the host is the
     only other per-step device work; on the CPU the trip-wire reads the slot's memory directly.
+    A quiet step on a GPU (``record_quiet_step``) skips the add: its loss is copied straight into
+    the trip-wire's host slot, and the check moves those slots back into the device vector (one
+    copy and one select for the whole interval).
     """
 
     def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
@@ -33,6 +36,8 @@ class LossCollector(Collector):
         self._device_index = self._val.get_device()  # compared per step: cheaper than building a torch.device
         self._host_losses = self._host_view()
         self._counts = [0] * interval  # losses recorded at each offset (known on the host without a sync)
+        self._quiet: list[int] = []  # offsets whose loss is only in the trip-wire's host slots (quiet GPU steps)
+        self._quiet_masks: dict[tuple[int, ...], torch.Tensor] = {}  # device masks of those offsets, per pattern
 
     def record(self, loss: torch.Tensor | float, offset: int) -> None:
         """Adds one training loss (of a step or a micro-batch); ``offset`` is the step's place in the interval."""
@@ -51,29 +56,64 @@ class LossCollector(Collector):
         self._counts[offset] += 1
 
     @property
-    def on_host(self) -> bool:
-        """Whether the per-step losses live in host memory (training on the CPU): ``record_quiet_step`` can record."""
-        return self._host_losses is not None
+    def records_quietly(self) -> bool:
+        """Whether ``record_quiet_step`` can record: the per-step losses live in host memory
+        (training on the CPU), or a trip-wire copies each step's loss to the host anyway."""
+        return self._host_losses is not None or self.tripwire is not None
 
     def record_quiet_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
         """Records a step that has nothing else to do, in as few operations as possible.
 
-        Only the usual CPU loss (or none: ``log_loss`` may have recorded it) of a step whose
-        trip-wire did not trip at the previous step: added in the slot's memory, and the step's
-        loss handed to the trip-wire. Anything else returns False having recorded nothing, and
-        the step takes ``on_step``.
+        Only the usual loss (or none: ``log_loss`` may have recorded it) of a step whose trip-wire
+        has not tripped since the previous step. On the CPU it is added in the slot's memory and
+        handed to the trip-wire; on a GPU the trip-wire's copy to the host is the only launch.
+        Anything else returns False having recorded nothing, and the step takes ``on_step``.
         """
         slots, tripwire = self._host_losses, self.tripwire
-        if slots is None or (tripwire is not None and tripwire.jumped) or not 0 <= offset < len(self._counts):
+        if (tripwire is not None and tripwire.pending()) or not 0 <= offset < len(self._counts):
             return False
-        if loss is not None:
-            number = host_number(loss)
-            if number is None:
-                return False
-            _add_float32(slots, offset, number)
-            self._counts[offset] += 1
+        if loss is None:  # log_loss may have recorded one: closed as any step
+            self.end_step(offset)
+            return True
+        if slots is None:
+            return self._copy_quiet_loss(loss, offset)
+        number = host_number(loss)
+        if number is None:
+            return False
+        _add_float32(slots, offset, number)
+        self._counts[offset] += 1
         self.end_step(offset)
         return True
+
+    def _copy_quiet_loss(self, loss: torch.Tensor | float, offset: int) -> bool:
+        """The loss of a quiet step on a GPU: copied into the trip-wire's host slot, not added on the device."""
+        # Only the usual loss, on the collector's device (whose trip-wire buffers ``end_step`` of the
+        # step that moved the collector made), at an offset where no micro-batch loss waits to be summed.
+        if (self.tripwire is None or self._counts[offset] or type(loss) is not torch.Tensor
+                or loss.dtype is not torch.float32 or loss.dim() != 0 or loss.get_device() != self._device_index):
+            return False
+        self.tripwire.record(loss.detach(), 1, offset)
+        self._counts[offset] = 1
+        self._quiet.append(offset)
+        return True
+
+    def _fold_quiet(self) -> None:
+        """Moves the quiet steps' losses from the trip-wire's host slots into the device vector.
+
+        Stream order makes this exact without waiting: each slot's copy to the host was queued
+        before this copy back. Two launches, plus a mask the first time a pattern of offsets occurs.
+        """
+        key, self._quiet = tuple(self._quiet), []
+        mask = self._quiet_masks.get(key)
+        if mask is None:
+            if len(self._quiet_masks) >= 64:  # patterns repeat every interval; never let odd ones pile up
+                self._quiet_masks.clear()
+            chosen = torch.zeros(len(self._counts), dtype=torch.bool, pin_memory=self.device.type == "cuda")
+            chosen[list(key)] = True
+            mask = self._quiet_masks[key] = chosen.to(self.device, non_blocking=True)
+        copied = self.tripwire.host_slots().to(self.device, non_blocking=True)
+        with torch.inference_mode(False):
+            self.losses.use(torch.where(mask, copied, self.losses.flags))
 
     def on_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
         """One training step: tests the previous steps' losses, records this one's, closes the step.
@@ -130,6 +170,8 @@ class LossCollector(Collector):
 
     def _follow(self, device: torch.device) -> None:
         """Moves the running state to where losses arrive (a model moved after attaching)."""
+        if self._quiet:
+            self._fold_quiet()
         self.device = device
         with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
             self._val = self._val.to(device)
@@ -140,6 +182,8 @@ class LossCollector(Collector):
     def state(self) -> State:
         # Always the same layout, recorded or not: a rank that saw no loss still joins the reduction,
         # and the counts it adds (zero) say whether any rank recorded one.
+        if self._quiet:
+            self._fold_quiet()
         return {"losses": (self.losses.flags, "sum"), "counts": (host_values(self._counts), "sum"),
                 "val_loss": (self._val, "sum")}
 
@@ -164,6 +208,7 @@ class LossCollector(Collector):
         self._val.zero_()
         self.losses.reset()
         self._counts = [0] * len(self._counts)
+        self._quiet = []
 
 
 def host_number(loss: torch.Tensor | float) -> float | None:

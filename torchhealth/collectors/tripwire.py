@@ -49,7 +49,7 @@ class LossTripwire:
 
     def record(self, total: torch.Tensor, count: int, offset: int) -> None:
         """Copies one step's loss (``total`` of ``count`` micro-batch losses) to the host. No synchronization."""
-        if (self._event is not None) != (total.device.type == "cuda"):
+        if not self.copies_from(total.device):
             self._buffers(len(self._views), total.device)  # the model moved between CPU and GPU after attaching
         self._views[offset].copy_(total, non_blocking=True)
         if self._event is not None:
@@ -67,10 +67,21 @@ class LossTripwire:
         del self._on_host[:-len(self._views)]
         self._jumped = self._jumped or _jumps(total, count, self.limit)
 
-    @property
-    def jumped(self) -> bool:
-        """Whether a loss handed over on the host tripped the wire since the last ``tripped()`` (which reports it)."""
+    def pending(self) -> bool:
+        """Whether a loss handed over, or copied and landed, since the last ``tripped()`` trips the wire.
+
+        Does not clear it: ``tripped()`` still reports it. Never waits for the device.
+        """
+        self._test_landed()
         return self._jumped
+
+    def host_slots(self) -> torch.Tensor:
+        """The host buffer the losses are copied into, one slot per offset (pinned when from a GPU)."""
+        return self._slots
+
+    def copies_from(self, device: torch.device) -> bool:
+        """Whether ``record`` copies from ``device`` into the current buffers (without making new ones)."""
+        return (self._event is not None) == (device.type == "cuda")
 
     def set_typical(self, typical: float, steps: int = 1) -> None:
         """Sets the reference from a check: ``typical`` is the mean |loss| of its ``steps`` finite step losses.
@@ -91,12 +102,17 @@ class LossTripwire:
 
         A copy still in flight counts at a later call.
         """
+        self._test_landed()
         jumped, self._jumped, self._on_host = self._jumped, False, []
+        return jumped
+
+    def _test_landed(self) -> None:
+        """Hands the copied losses over as host numbers once their copies have landed (the event is
+        queried, never waited for)."""
         if self._untested and (self._event is None or self._event.query()):
             untested, self._untested = self._untested, []
-            limit = self.limit
-            jumped = any([_jumps(float(self._values[offset]), count, limit) for offset, count in untested]) or jumped
-        return jumped
+            for offset, count in untested:
+                self.record_value(float(self._values[offset]), count)
 
 
 def _jumps(total: float, count: int, limit: float) -> bool:
