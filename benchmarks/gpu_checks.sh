@@ -3,7 +3,8 @@
 # installed). Run from the repository root:   OUT=/some/folder bash benchmarks/gpu_checks.sh
 #   1. CUDA-only tests: AMP GradScaler with watch()/Lightning, a model moved to the GPU after attaching
 #   2. no host synchronization on unchecked steps (set_sync_debug_mode("error")), one per check
-#   3. overhead: 24-layer MLP (width 1024; batch 512, host-bound, and 2048) and ResNet-50 (bf16 autocast, batch 64)
+#   3. overhead: 24-layer MLP (width 1024; batch 512, host-bound, and 2048) and ResNet-50 (bf16 autocast, batch 64);
+#      the batch-512 MLP twice: with every arm, then with plain, A/A control and torchhealth only, for more rounds
 #   4. where the host time of the host-bound MLP goes (profile_steps.py: per kind of step and phase, top operators)
 #   5. distributed: the DDP scenarios with the models on the GPU (two gloo ranks share it)
 # Writes at most seven files to $OUT (summary.txt first); each part has its own time limit.
@@ -27,10 +28,13 @@ part() {  # part <limit-s> <name> <command...>: run, keep the log, report the ex
 } | tee "$FINAL/summary.txt"
 
 if [ "$DEVICE" = cuda ]; then
-  part 70 pytest_cuda python3 -m pytest -q -p no:cacheprovider tests/test_amp_cuda.py \
+  part 70 pytest_cuda python3 -m pytest -q -p no:cacheprovider tests/test_amp_cuda.py tests/test_cuda_paths.py \
     "tests/robustness/test_odd_models.py::test_model_moved_between_devices_after_attaching"
   part 60 no_sync python3 benchmarks/no_sync_check.py --device cuda --models resnet50,mlp24 --steps 32 --out "$FINAL/no_sync.md"
   part 50 overhead_mlp python3 benchmarks/overhead.py --device cuda --models mlp24 --rounds 20 --budget-s 25 --out "$WORK/mlp.md"
+  # the launch-bound MLP once more with only the arms its figure needs: about 30 rounds instead of 5
+  part 70 overhead_mlp_precise python3 benchmarks/overhead.py --device cuda --models mlp24 --arms plain,plain_again,torchhealth \
+    --rounds 60 --budget-s 50 --out "$WORK/mlp_precise.md"
   part 50 overhead_mlp_b2048 python3 benchmarks/overhead.py --device cuda --models mlp24_b2048 --rounds 20 --budget-s 25 --out "$WORK/mlp2048.md"
   part 110 overhead_resnet python3 benchmarks/overhead.py --device cuda --models resnet50 --rounds 12 --warmup 1 --budget-s 70 --out "$WORK/resnet.md"
   part 45 profile_mlp python3 benchmarks/profile_steps.py --device cuda --models mlp24 --steps 300 --profile-steps 100
@@ -42,7 +46,7 @@ else  # a short dry run of this script on the CPU
   part 60 overhead_mlp python3 benchmarks/overhead.py --device cpu --models mlp16 --rounds 10 --warmup 1 --out "$WORK/mlp.md"
   part 45 profile_mlp python3 benchmarks/profile_steps.py --device cpu --models mlp16 --steps 100 --profile-steps 20
 fi
-cat "$WORK"/mlp.md "$WORK"/resnet.md "$WORK"/mlp2048.md > "$FINAL/overhead_cuda.md" 2>/dev/null
+cat "$WORK"/mlp.md "$WORK"/mlp_precise.md "$WORK"/resnet.md "$WORK"/mlp2048.md > "$FINAL/overhead_cuda.md" 2>/dev/null
 cat "$WORK"/dist/*.pytest.txt "$WORK"/dist.log > "$FINAL/distributed.txt" 2>/dev/null
 cp "$WORK/pytest_cuda.log" "$FINAL/pytest_cuda.txt" 2>/dev/null
 cp "$WORK/profile_mlp.log" "$FINAL/profile_mlp.txt" 2>/dev/null

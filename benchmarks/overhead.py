@@ -288,6 +288,9 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
                 print(f"  {w.name}: time budget reached after {r + 1 - warmup} measured rounds", flush=True)
                 break
         bench.monitor.close()
+        if bench.monitor.guard.disabled:  # a part that failed costs nothing from then on: not the monitor's cost
+            raise SystemExit(f"{w.name}: parts of the monitor failed during the measurement "
+                             f"({', '.join(sorted(bench.monitor.guard.disabled))}); its figures would not be the monitor's")
 
     def kinds(arm: str) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {}
@@ -376,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                              "on CUDA, where timing single steps would add a synchronize per step)")
     parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
                         help="what a block's time is (default: cpu on CPU, wall on CUDA)")
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help="comma-separated subset of the arms, plain included (default: all)")
     parser.add_argument("--processes", type=int, default=1,
                         help="repeat the measurement in this many fresh processes; report medians over them")
     parser.add_argument("--json", default=None, help="also write the raw results here (JSON)")
@@ -383,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.processes < 1:
         raise SystemExit("--processes must be at least 1")
+    arms = tuple(args.arms.split(","))
+    if "plain" not in arms or not set(arms) <= set(ARMS):
+        raise SystemExit(f"--arms must include plain and name only these arms: {', '.join(ARMS)}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
@@ -403,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         budget = args.budget_s if args.budget_s is not None else (90.0 if device.type == "cpu" else float("inf"))
         per_step = timing == "step"
-        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget, per_step)
+        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget, per_step, arms)
         th = results[w.name]["torchhealth"]
         kinds = "; ".join(f"{c} x{n}: {ms:+.2f} ms" for c, (n, ms) in th.get("kinds", {}).items())
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "

@@ -15,7 +15,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -30,8 +32,8 @@ from overhead import Bench, sync, workloads  # noqa: E402
 PHASES = ("forward", "backward", "monitor.step", "optimizer")
 
 
-def phases(bench: Bench, steps: int) -> dict[str, dict[str, float]]:
-    """Median host milliseconds of each phase, per kind of step."""
+def phases(bench: Bench, steps: int, python: cProfile.Profile | None = None) -> dict[str, dict[str, float]]:
+    """Median host milliseconds of each phase, per kind of step; ``python`` profiles the checks' ``monitor.step``."""
     monitor = bench.monitor
     times: dict[str, dict[str, list[float]]] = {}
     monitor.activations.sampling = monitor.step_count % monitor.options.sample_every == 0
@@ -42,9 +44,14 @@ def phases(bench: Bench, steps: int) -> dict[str, dict[str, float]]:
             loss = F.cross_entropy(bench.model(bench.x), bench.y)
         t1 = time.perf_counter()
         loss.backward()
+        profiling = python is not None and kind in ("check", "after check")
+        if profiling:
+            python.enable()
         t2 = time.perf_counter()
         monitor.step(loss)
         t3 = time.perf_counter()
+        if profiling:
+            python.disable()
         bench.opt.step()
         bench.opt.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
@@ -61,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="mlp16")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--profile-steps", type=int, default=100)
+    parser.add_argument("--python-profile", action="store_true",
+                        help="also list the Python functions with the most own time in the checks' monitor.step")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -74,6 +83,17 @@ def main(argv: list[str] | None = None) -> int:
             print("| kind | " + " | ".join(PHASES) + " |\n|---|" + "---|" * len(PHASES))
             for kind, row in sorted(phases(bench, args.steps).items()):
                 print(f"| {kind} | " + " | ".join(f"{row[p]:.3f}" for p in PHASES) + " |")
+            if args.python_profile:
+                python = cProfile.Profile()
+                phases(bench, args.steps, python)
+                print(f"\n### Python functions by own time in monitor.step of check and after-check steps "
+                      f"({args.steps} steps, under cProfile)\n")
+                pstats.Stats(python, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+            if bench.monitor.guard.disabled:
+                print(f"parts of the monitor failed: {', '.join(sorted(bench.monitor.guard.disabled))}")
+            if not args.profile_steps:
+                bench.monitor.close()
+                continue
             activities = [torch.profiler.ProfilerActivity.CPU] + (
                 [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
             with torch.profiler.profile(activities=activities) as prof:
