@@ -93,3 +93,27 @@ def test_the_usual_cpu_loss_costs_no_torch_operation_on_an_unchecked_step():
             assert counter.ops == [], f"step {step} ran {counter.ops}"
     assert monitor.loss_collector.state()["losses"][0][2].item() == pytest.approx(loss.item(), rel=1e-6)
     monitor.close()
+
+
+def test_quiet_device_steps_come_back_at_the_check_and_only_where_they_were_recorded(monkeypatch):
+    """The GPU's quiet path, run on the CPU: losses copied only into the trip-wire's slots reach the
+    state at their own offsets; offsets summed on the device keep their sums, and a slot left from
+    an earlier interval does not leak into one where nothing was recorded."""
+    monkeypatch.setattr(LossCollector, "_host_view", lambda self: None)  # as on a GPU
+    collector = LossCollector(torch.device("cpu"), 6)
+    for offset in range(6):  # an earlier interval fills every slot
+        assert collector.record_quiet_step(torch.tensor(100.0 + offset), offset)
+    collector.state()
+    collector.reset_interval()
+
+    collector.record_quiet_step(torch.tensor(1.5), 0)
+    collector.record(torch.tensor(2.0), 1)  # micro-batches, summed on the device, then a step() without a loss
+    collector.record(torch.tensor(3.0), 1)
+    assert collector.record_quiet_step(None, 1)
+    assert not collector.record_quiet_step(torch.tensor(7.0, dtype=torch.float64), 2), "not the usual loss: full step"
+    collector.on_step(torch.tensor(7.0, dtype=torch.float64), 2)
+    collector.record_quiet_step(torch.tensor(float("nan")), 4)  # offsets 3 and 5 record nothing
+    losses = collector.state()["losses"][0]
+    assert losses[:3].tolist() == [1.5, 5.0, 7.0] and math.isnan(losses[4]) and losses[[3, 5]].tolist() == [0.0, 0.0]
+    assert collector._quiet == [], "folded once"
+    assert collector.state()["losses"][0][:3].tolist() == [1.5, 5.0, 7.0], "a second read changes nothing"

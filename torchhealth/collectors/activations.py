@@ -44,11 +44,12 @@ FUNCTIONAL_ACTIVATIONS: dict[Callable[..., Any], str] = {
 def positive_counts(x: torch.Tensor, dims: tuple[int, ...] | None) -> torch.Tensor:
     """Float32 count of the positive values of ``x`` (a ReLU output, so >= 0) over ``dims`` (None: all).
 
-    NaN counts as positive on a GPU and as NaN on the CPU; the site's ``amax`` flags it either way.
+    A NaN output counts as positive in the L0 norm (float32 on a GPU) and makes the count NaN in
+    ``sign().sum()`` (everywhere else); the site's ``amax`` flags it either way.
     """
     if x.is_cuda and x.dtype is torch.float32:
         # one reduction (the L0 norm counts non-zeros): a launch costs more host time on a GPU
-        # than the pass over the output; on the CPU this is 20x slower than the two below
+        # than the pass over the output; on the CPU this is 8-20x slower than the two below
         return torch.linalg.vector_norm(x, 0, dim=dims)
     # ReLU outputs are >= 0, so sign() is 1 where positive and 0 where off; a float sum of it is
     # several times faster on CPU than (x > 0).sum(dims)
@@ -59,13 +60,12 @@ def positive_counts(x: torch.Tensor, dims: tuple[int, ...] | None) -> torch.Tens
 class Site:
     """Running statistics of one activation site.
 
-    A sampled forward costs three small kernels at a ReLU site (amax; sign, sum: on a GPU, float32
-    outputs need one reduction instead of sign and sum), four at a tanh
-    site and five at a sigmoid site; ``ActivationCollector.file_step`` adds them into the running state for all
-    sites at once, and everything derived (zero fraction, window totals) is computed at the check.
-    A new site's tensors are its own, on the device of its outputs; before its statistics are
-    filed they become views of the collector's buffers (``bind``), which hold every site's state
-    side by side.
+    A sampled forward costs three small kernels at a ReLU site (amax; sign, sum: float32 outputs on
+    a GPU need one reduction instead of sign and sum), four at a tanh site and five at a sigmoid
+    site; ``ActivationCollector.file_step`` adds them into the running state for all sites at once,
+    and everything derived (zero fraction, window totals) is computed at the check. A new site's
+    tensors are its own, on the device of its outputs; before its statistics are filed they become
+    views of the collector's buffers (``bind``), which hold every site's state side by side.
     """
 
     def __init__(self, name: str, kind: str, units: int, axis: int | None, device: torch.device, interval: int):
