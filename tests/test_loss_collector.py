@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import torchhealth
 from torchhealth.collectors.loss import LossCollector, host_number
 from torchhealth.collectors.tripwire import FLOAT32_MAX
+from torchhealth.snapshot import Snapshot
 
 
 class OpCounter(TorchDispatchMode):
@@ -95,25 +96,34 @@ def test_the_usual_cpu_loss_costs_no_torch_operation_on_an_unchecked_step():
     monitor.close()
 
 
-def test_quiet_device_steps_come_back_at_the_check_and_only_where_they_were_recorded(monkeypatch):
-    """The GPU's quiet path, run on the CPU: losses copied only into the trip-wire's slots reach the
-    state at their own offsets; offsets summed on the device keep their sums, and a slot left from
-    an earlier interval does not leak into one where nothing was recorded."""
+def test_quiet_device_steps_reach_the_check_at_their_own_offsets_only(monkeypatch):
+    """The GPU's quiet path, run on the CPU: losses copied only into the trip-wire's slots are read
+    at the check's finish, at their own offsets; offsets summed on the device keep their sums, and
+    a slot left from an earlier interval does not leak into one where nothing was recorded."""
     monkeypatch.setattr(LossCollector, "_host_view", lambda self: None)  # as on a GPU
     collector = LossCollector(torch.device("cpu"), 6)
-    for offset in range(6):  # an earlier interval fills every slot
-        assert collector.record_quiet_step(torch.tensor(100.0 + offset), offset)
-    collector.state()
-    collector.reset_interval()
 
-    collector.record_quiet_step(torch.tensor(1.5), 0)
+    def check() -> Snapshot:
+        state = {key: value.numpy().copy() if isinstance(value, torch.Tensor) else value
+                 for key, (value, _) in collector.state().items()}
+        collector.reset_interval()
+        snapshot = Snapshot(step=0)
+        collector.finish(state, snapshot, 100)
+        return snapshot
+
+    for offset in range(4):  # an earlier interval: a NaN left in slot 3
+        assert collector.record_quiet_step(torch.tensor(float("nan") if offset == 3 else 1.0), offset)
+    assert collector.on_step(torch.tensor(1.0), 4), "the NaN trips the wire: the next step is a full one"
+    assert collector.record_quiet_step(torch.tensor(1.0), 5)
+    assert check().nonfinite == {"loss": 103}
+
+    assert collector.record_quiet_step(torch.tensor(1.5), 0)
     collector.record(torch.tensor(2.0), 1)  # micro-batches, summed on the device, then a step() without a loss
     collector.record(torch.tensor(3.0), 1)
     assert collector.record_quiet_step(None, 1)
-    assert not collector.record_quiet_step(torch.tensor(7.0, dtype=torch.float64), 2), "not the usual loss: full step"
-    collector.on_step(torch.tensor(7.0, dtype=torch.float64), 2)
-    collector.record_quiet_step(torch.tensor(float("nan")), 4)  # offsets 3 and 5 record nothing
-    losses = collector.state()["losses"][0]
-    assert losses[:3].tolist() == [1.5, 5.0, 7.0] and math.isnan(losses[4]) and losses[[3, 5]].tolist() == [0.0, 0.0]
-    assert collector._quiet == [], "folded once"
-    assert collector.state()["losses"][0][:3].tolist() == [1.5, 5.0, 7.0], "a second read changes nothing"
+    assert not collector.record_quiet_step(torch.tensor(2.0, dtype=torch.float64), 2), "not the usual loss: full step"
+    collector.on_step(torch.tensor(2.0, dtype=torch.float64), 2)
+    assert collector.record_quiet_step(torch.tensor(float("inf")), 4)  # offsets 3 and 5 record nothing
+    snapshot = check()
+    assert snapshot.loss == (1.5 + 5.0 + 2.0) / 4 and snapshot.nonfinite == {"loss": 104}
+    assert check().loss is None, "an interval with nothing recorded reads nothing from the slots"

@@ -108,3 +108,14 @@ def test_host_losses_meet_the_limit_copied_ones_meet_in_the_monitors_order(losse
                 interval = []
         return out
     assert run(on_host=True) == run(on_host=False)
+
+
+def test_new_buffers_for_another_device_keep_the_losses_copied_so_far():
+    """A loss collector reads quiet steps' losses from these slots at its next check, after a move too."""
+    wire = LossTripwire(4, torch.device("cpu"))
+    for offset, value in enumerate([1.5, 2.5, 3.5]):
+        wire.record(torch.tensor(value), 1, offset)
+    slots = wire.host_values()
+    wire._move_buffers(torch.device("cpu"))
+    assert wire.host_values() is not slots
+    assert wire.host_values().tolist() == [1.5, 2.5, 3.5, 0.0]

@@ -23,8 +23,8 @@ class LossCollector(Collector):
     ``end_step`` hands the step's slot to the trip-wire: from a GPU its copy to the host is the
     only other per-step device work; on the CPU the trip-wire reads the slot's memory directly.
     A quiet step on a GPU (``record_quiet_step``) skips the add: its loss is copied straight into
-    the trip-wire's host slot, and the check moves those slots back into the device vector (one
-    copy and one select for the whole interval).
+    the trip-wire's host slot, and the check's ``finish`` reads it from there (by then the copy has
+    landed: it was queued before the check's own copy, which ``finish`` has waited for).
     """
 
     def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
@@ -35,9 +35,10 @@ class LossCollector(Collector):
         self.device = self._val.device  # with its index: losses from elsewhere move the state (``_follow``)
         self._device_index = self._val.get_device()  # compared per step: cheaper than building a torch.device
         self._host_losses = self._host_view()
+        self._copies_quietly = self._quiet_copies()
         self._counts = [0] * interval  # losses recorded at each offset (known on the host without a sync)
         self._quiet: list[int] = []  # offsets whose loss is only in the trip-wire's host slots (quiet GPU steps)
-        self._quiet_masks: dict[tuple[int, ...], torch.Tensor] = {}  # device masks of those offsets, per pattern
+        self._read_quiet: list[int] = []  # those of the interval that the last ``state()`` read
 
     def record(self, loss: torch.Tensor | float, offset: int) -> None:
         """Adds one training loss (of a step or a micro-batch); ``offset`` is the step's place in the interval."""
@@ -59,7 +60,7 @@ class LossCollector(Collector):
     def records_quietly(self) -> bool:
         """Whether ``record_quiet_step`` can record: the per-step losses live in host memory
         (training on the CPU), or a trip-wire copies each step's loss to the host anyway."""
-        return self._host_losses is not None or self.tripwire is not None
+        return self._host_losses is not None or self._copies_quietly
 
     def record_quiet_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
         """Records a step that has nothing else to do, in as few operations as possible.
@@ -89,31 +90,13 @@ class LossCollector(Collector):
         """The loss of a quiet step on a GPU: copied into the trip-wire's host slot, not added on the device."""
         # Only the usual loss, on the collector's device (whose trip-wire buffers ``end_step`` of the
         # step that moved the collector made), at an offset where no micro-batch loss waits to be summed.
-        if (self.tripwire is None or self._counts[offset] or type(loss) is not torch.Tensor
+        if (self._counts[offset] or not self._copies_quietly or type(loss) is not torch.Tensor
                 or loss.dtype is not torch.float32 or loss.dim() != 0 or loss.get_device() != self._device_index):
             return False
         self.tripwire.record(loss.detach(), 1, offset)
         self._counts[offset] = 1
         self._quiet.append(offset)
         return True
-
-    def _fold_quiet(self) -> None:
-        """Moves the quiet steps' losses from the trip-wire's host slots into the device vector.
-
-        Stream order makes this exact without waiting: each slot's copy to the host was queued
-        before this copy back. Two launches, plus a mask the first time a pattern of offsets occurs.
-        """
-        key, self._quiet = tuple(self._quiet), []
-        mask = self._quiet_masks.get(key)
-        if mask is None:
-            if len(self._quiet_masks) >= 64:  # patterns repeat every interval; never let odd ones pile up
-                self._quiet_masks.clear()
-            chosen = torch.zeros(len(self._counts), dtype=torch.bool, pin_memory=self.device.type == "cuda")
-            chosen[list(key)] = True
-            mask = self._quiet_masks[key] = chosen.to(self.device, non_blocking=True)
-        copied = self.tripwire.host_slots().to(self.device, non_blocking=True)
-        with torch.inference_mode(False):
-            self.losses.use(torch.where(mask, copied, self.losses.flags))
 
     def on_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
         """One training step: tests the previous steps' losses, records this one's, closes the step.
@@ -170,20 +153,23 @@ class LossCollector(Collector):
 
     def _follow(self, device: torch.device) -> None:
         """Moves the running state to where losses arrive (a model moved after attaching)."""
-        if self._quiet:
-            self._fold_quiet()
         self.device = device
         with torch.inference_mode(False):  # stays updatable outside an inference_mode() block
             self._val = self._val.to(device)
             self.losses.to(device)
         self._device_index = self._val.get_device()
         self._host_losses = self._host_view()
+        self._copies_quietly = self._quiet_copies()
+
+    def _quiet_copies(self) -> bool:
+        """Whether a quiet step's loss may go to the trip-wire alone: copies from a GPU land in order,
+        before a check's own copy (from the CPU at once); other accelerators are not relied on."""
+        return self.tripwire is not None and self.device.type in ("cuda", "cpu")
 
     def state(self) -> State:
         # Always the same layout, recorded or not: a rank that saw no loss still joins the reduction,
         # and the counts it adds (zero) say whether any rank recorded one.
-        if self._quiet:
-            self._fold_quiet()
+        self._read_quiet, self._quiet = self._quiet, []
         return {"losses": (self.losses.flags, "sum"), "counts": (host_values(self._counts), "sum"),
                 "val_loss": (self._val, "sum")}
 
@@ -192,6 +178,10 @@ class LossCollector(Collector):
             return
         # a few numbers per step of one interval: plain Python is faster than numpy calls here
         losses, counts = state["losses"].tolist(), state["counts"].tolist()
+        if self._read_quiet:  # quiet GPU steps: their losses are in the trip-wire's host slots only
+            copied = self.tripwire.host_values()
+            for offset in self._read_quiet:
+                losses[offset] = float(copied[offset])
         finite = [(total, n) for total, n in zip(losses, counts) if n > 0 and math.isfinite(total)]
         if finite:
             snapshot.loss = sum(total for total, _ in finite) / sum(n for _, n in finite)
@@ -208,7 +198,6 @@ class LossCollector(Collector):
         self._val.zero_()
         self.losses.reset()
         self._counts = [0] * len(self._counts)
-        self._quiet = []
 
 
 def host_number(loss: torch.Tensor | float) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
@@ -50,12 +51,21 @@ class LossTripwire:
     def record(self, total: torch.Tensor, count: int, offset: int) -> None:
         """Copies one step's loss (``total`` of ``count`` micro-batch losses) to the host. No synchronization."""
         if not self.copies_from(total.device):
-            self._buffers(len(self._views), total.device)  # the model moved between CPU and GPU after attaching
+            self._move_buffers(total.device)  # the model moved between CPU and GPU after attaching
         self._views[offset].copy_(total, non_blocking=True)
         if self._event is not None:
             self._event.record(torch.cuda.current_stream(total.device))
         self._untested.append((offset, count))
         del self._untested[:-len(self._views)]  # a slot copied again replaces its older value
+
+    def _move_buffers(self, device: torch.device) -> None:
+        """New buffers for copies from ``device``, holding the values copied so far (a loss
+        collector may still read them). Waits for those copies: a move synchronizes anyway."""
+        if self._event is not None:
+            self._event.synchronize()
+        copied = self._values.copy()
+        self._buffers(len(self._views), device)
+        self._values[:] = copied
 
     def record_value(self, total: float, count: int) -> None:
         """Hands over one step's loss that is already a host number (``total`` of ``count`` losses).
@@ -75,9 +85,9 @@ class LossTripwire:
         self._test_landed()
         return self._jumped
 
-    def host_slots(self) -> torch.Tensor:
-        """The host buffer the losses are copied into, one slot per offset (pinned when from a GPU)."""
-        return self._slots
+    def host_values(self) -> np.ndarray:
+        """The host slots the losses are copied into, one per offset, as they are now (no waiting)."""
+        return self._values
 
     def copies_from(self, device: torch.device) -> bool:
         """Whether ``record`` copies from ``device`` into the current buffers (without making new ones)."""
