@@ -25,6 +25,9 @@ part() {  # part <limit-s> <name> <command...>: run, keep the log, report the ex
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
   python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())' 2>&1
+  # an installed torchhealth brings google-crc32c; without it TensorBoard checksums each event in pure Python
+  python3 -c 'import google_crc32c' 2>/dev/null && echo "native TensorBoard checksums: yes" \
+    || echo "native TensorBoard checksums: no (google-crc32c missing: log steps cost more than for an installed torchhealth)"
 } | tee "$FINAL/summary.txt"
 
 if [ "$DEVICE" = cuda ]; then
