@@ -322,3 +322,57 @@ def test_a_step_count_set_from_outside_is_checked_on_its_own_schedule():
         if monitor.last_snapshot.step != checked[-1]:
             checked.append(monitor.last_snapshot.step)
     assert checked == [0, 10, 20, 10, 20]
+
+
+@pytest.mark.parametrize("host_losses", [True, False], ids=["losses on the host", "losses on a device"])
+def test_a_checkpoint_loaded_after_a_nan_forgets_the_quiet_steps_it_rolled_back(monkeypatch, host_losses):
+    """Rolling back to a checkpoint when the loss went NaN must not report that NaN at the next check."""
+    if not host_losses:
+        monkeypatch.setattr(LossCollector, "_host_view", lambda self: None)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = torchhealth.Monitor(model, opt, check_every=10, log_every=10, sample_every=100, on_alert=lambda a: None)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+
+    def train(scale: float = 1.0) -> None:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        monitor.step(loss * scale)
+        opt.step()
+        opt.zero_grad()
+
+    for _ in range(11):
+        train()
+    saved = monitor.state_dict()
+    for _ in range(3):
+        train()
+    train(float("nan"))  # step 14
+    monitor.load_state_dict(saved)  # back to step 11
+    train()
+    monitor.flush()
+    assert monitor.last_snapshot.step == 11 and monitor.last_snapshot.nonfinite == {}
+    assert "nonfinite" not in [a.kind for a in monitor.alerts]
+    monitor.close()
+
+
+def test_torch_compile_loaded_between_checks_ends_the_quiet_steps_so_its_hook_is_in_place(monkeypatch):
+    """Without torch.compile loaded, unsampled forwards need no hook and steps are quiet; once it is
+    loaded, the next step is a full one, which puts the compile-safe pre-forward hook in place."""
+    loaded = [False]
+    monkeypatch.setattr("torchhealth.collectors.activations.compiler_loaded", lambda: loaded[0])
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    monitor = torchhealth.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.01), on_alert=lambda a: None)
+    taken = []
+    quiet_step = torchhealth.Monitor._quiet_step
+    monkeypatch.setattr(torchhealth.Monitor, "_quiet_step", lambda self, loss: taken.append(quiet_step(self, loss)) or taken[-1])
+    for step in range(6):
+        if step == 4:
+            loaded[0] = True
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        loss.backward()
+        monitor.step(loss)
+        hooked = monitor.activations._start_handle is not None
+        assert hooked == (step >= 4) or step == 0, step  # step 0 is sampled: its hook goes at its end
+    assert taken == [True, True, True, False, True], "steps 1-3 quiet; step 4 a full one once torch.compile is loaded"
+    monitor.close()

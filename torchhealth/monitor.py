@@ -189,6 +189,8 @@ class Monitor:
 
     def _quiet_step(self, loss: torch.Tensor | float | None) -> bool:
         """Records a step that needs nothing but its loss; False when it needs the full ``step()``."""
+        if not self.activations.settled():  # torch.compile loaded since: the full step puts its hook in place
+            return False
         try:
             recorded = self.loss_collector.record_quiet_step(loss, self.step_count - self._interval_start)
         except Exception:  # recorded nothing: the full step runs it again under the guard, which reports it

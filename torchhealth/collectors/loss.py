@@ -24,7 +24,8 @@ class LossCollector(Collector):
     only other per-step device work; on the CPU the trip-wire reads the slot's memory directly.
     A quiet step on a GPU (``record_quiet_step``) skips the add: its loss is copied straight into
     the trip-wire's host slot, and the check's ``finish`` reads it from there (by then the copy has
-    landed: it was queued before the check's own copy, which ``finish`` has waited for).
+    landed: it was queued before the check's own copy, which ``finish`` has waited for, on the
+    current CUDA stream, which the trip-wire's event assumes too).
     """
 
     def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
@@ -198,6 +199,7 @@ class LossCollector(Collector):
         self._val.zero_()
         self.losses.reset()
         self._counts = [0] * len(self._counts)
+        self._quiet = []  # empty after state(); after load_state_dict() it would hold rolled-back steps
 
 
 def host_number(loss: torch.Tensor | float) -> float | None:
