@@ -91,16 +91,14 @@ def main(argv: list[str] | None = None) -> int:
                 pstats.Stats(python, stream=sys.stdout).sort_stats("tottime").print_stats(30)
             if bench.monitor.guard.disabled:
                 print(f"parts of the monitor failed: {', '.join(sorted(bench.monitor.guard.disabled))}")
-            if not args.profile_steps:
-                bench.monitor.close()
-                continue
-            activities = [torch.profiler.ProfilerActivity.CPU] + (
-                [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with torch.profiler.profile(activities=activities) as prof:
-                phases(bench, args.profile_steps)
-            for key in ("self_cpu_time_total",) + (("self_device_time_total",) if device.type == "cuda" else ()):
-                print(f"\n### top operators by {key} over {args.profile_steps} monitored steps\n")
-                print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
+            if args.profile_steps:
+                activities = [torch.profiler.ProfilerActivity.CPU] + (
+                    [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+                with torch.profiler.profile(activities=activities) as prof:
+                    phases(bench, args.profile_steps)
+                for key in ("self_cpu_time_total",) + (("self_device_time_total",) if device.type == "cuda" else ()):
+                    print(f"\n### top operators by {key} over {args.profile_steps} monitored steps\n")
+                    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
             bench.monitor.close()
     return 0
 

@@ -209,6 +209,14 @@ def test_a_loss_changed_in_place_after_recording_keeps_its_recorded_value(strict
     assert not monitor.loss_collector.tripped(), "the trip-wire saw the recorded value, not the scaled one"
 
 
+def quiet_steps_tried(monkeypatch) -> list[bool]:
+    """A list that gets, for each step that tries the quiet path, whether it was taken."""
+    taken: list[bool] = []
+    quiet_step = torchhealth.Monitor._quiet_step
+    monkeypatch.setattr(torchhealth.Monitor, "_quiet_step", lambda self, loss: taken.append(quiet_step(self, loss)) or taken[-1])
+    return taken
+
+
 def run_with_events(quiet_path: bool, monkeypatch, host_losses: bool = True, device: str = "cpu") -> tuple[list, list, list]:
     """60 steps with events on steps between checks; returns (snapshots, alerts, each quiet step tried: taken?).
 
@@ -221,9 +229,7 @@ def run_with_events(quiet_path: bool, monkeypatch, host_losses: bool = True, dev
         monkeypatch.setattr(torchhealth.Monitor, "_quiet_steps_ahead", lambda self: 0)
     if not host_losses:
         monkeypatch.setattr(LossCollector, "_host_view", lambda self: None)
-    taken = []
-    quiet_step = torchhealth.Monitor._quiet_step
-    monkeypatch.setattr(torchhealth.Monitor, "_quiet_step", lambda self, loss: taken.append(quiet_step(self, loss)) or taken[-1])
+    taken = quiet_steps_tried(monkeypatch)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -363,9 +369,7 @@ def test_torch_compile_loaded_between_checks_ends_the_quiet_steps_so_its_hook_is
     monkeypatch.setattr("torchhealth.collectors.activations.compiler_loaded", lambda: loaded[0])
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     monitor = torchhealth.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.01), on_alert=lambda a: None)
-    taken = []
-    quiet_step = torchhealth.Monitor._quiet_step
-    monkeypatch.setattr(torchhealth.Monitor, "_quiet_step", lambda self, loss: taken.append(quiet_step(self, loss)) or taken[-1])
+    taken = quiet_steps_tried(monkeypatch)
     for step in range(6):
         if step == 4:
             loaded[0] = True

@@ -115,7 +115,7 @@ def test_new_buffers_for_another_device_keep_the_losses_copied_so_far():
     wire = LossTripwire(4, torch.device("cpu"))
     for offset, value in enumerate([1.5, 2.5, 3.5]):
         wire.record(torch.tensor(value), 1, offset)
-    slots = wire.host_values()
+    slots = wire.copied_values()
     wire._move_buffers(torch.device("cpu"))
-    assert wire.host_values() is not slots
-    assert wire.host_values().tolist() == [1.5, 2.5, 3.5, 0.0]
+    assert wire.copied_values() is not slots
+    assert wire.copied_values().tolist() == [1.5, 2.5, 3.5, 0.0]

@@ -180,7 +180,7 @@ class LossCollector(Collector):
         # a few numbers per step of one interval: plain Python is faster than numpy calls here
         losses, counts = state["losses"].tolist(), state["counts"].tolist()
         if self._read_quiet:  # quiet GPU steps: their losses are in the trip-wire's host slots only
-            copied = self.tripwire.host_values()
+            copied = self.tripwire.copied_values()
             for offset in self._read_quiet:
                 losses[offset] = float(copied[offset])
         finite = [(total, n) for total, n in zip(losses, counts) if n > 0 and math.isfinite(total)]

@@ -85,7 +85,7 @@ class LossTripwire:
         self._test_landed()
         return self._jumped
 
-    def host_values(self) -> np.ndarray:
+    def copied_values(self) -> np.ndarray:
         """The host slots the losses are copied into, one per offset, as they are now (no waiting)."""
         return self._values
 
