@@ -110,3 +110,41 @@ def test_a_model_first_compiled_on_an_unsampled_step_still_reports_activations(c
             reported.append("zero_fraction" in snapshot.stats)
     monitor.close()
     assert reported and all(reported), reported
+
+
+@pytest.mark.parametrize("hook_guards", [False, True])
+def test_a_graph_traced_for_another_model_of_the_class_is_reported(hook_guards, caplog):
+    """Dynamo does not guard on module hooks by default: an unmonitored model of the same class,
+    compiled and called first, lends the monitored model a graph without the monitor's hooks.
+    The monitor says so once, and the setting it names gives the monitored model its own graph."""
+    torch.manual_seed(0)
+    model = conv_net()
+    other = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = torchhealth.Monitor(model, opt, strict=True, check_every=2, log_every=2, sample_every=2)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=not hook_guards):
+        F.cross_entropy(torch.compile(other, backend="aot_eager")(x), y).backward()
+        forward = torch.compile(model, backend="aot_eager")
+        reported = set()
+        for _ in range(12):  # six sampled steps
+            loss = F.cross_entropy(forward(x), y)
+            loss.backward()
+            monitor.step(loss)
+            opt.step()
+            opt.zero_grad()
+            reported |= set(monitor.last_snapshot.stats)
+    monitor.close()
+    warnings = [r.getMessage() for r in caplog.records if "ran on none of" in r.getMessage()]
+    if hook_guards:
+        assert warnings == []
+        assert {"zero_fraction", "saturation"} <= reported
+    else:
+        assert not {"zero_fraction", "saturation"} & reported
+        assert len(warnings) == 1, warnings  # once, not at every sampled step
+        assert "'2', '5'" in warnings[0] and "skip_nnmodule_hook_guards = False" in warnings[0]
+
+
+def test_the_usual_compiled_run_does_not_warn(caplog):
+    train(conv_net(), compiled=True, steps=8, check_every=2, log_every=2, sample_every=2)
+    assert not [r for r in caplog.records if r.name == "torchhealth"]

@@ -162,7 +162,7 @@ class Monitor:
         step = self.step_count
         offset = step - self._interval_start
         tripped = self.guard.call("collector loss", self.loss_collector.on_step, loss, offset, default=False)
-        if self.activations.observed:
+        if self.activations.observed or self.activations.sampling:
             self.guard.call("collector activations", self.activations.file_step, offset)
         if val_loss is not None:
             self.log_validation(val_loss)

@@ -108,7 +108,7 @@ def test_module_reused_in_one_forward():
     monitor.close()
 
 
-def test_activation_module_returning_a_tuple():
+def test_activation_module_returning_a_tuple(caplog):
     class PairReLU(nn.ReLU):
         def forward(self, x):
             return super().forward(x), x
@@ -127,6 +127,26 @@ def test_activation_module_returning_a_tuple():
     assert "act" not in monitor.last_snapshot.stats.get("zero_fraction", {})
     assert set(monitor.last_snapshot.stats["grad_norm"]) == {"fc", "head", "total"}
     monitor.close()
+    assert not [r for r in caplog.records if "ran on none of" in r.getMessage()]  # the hook ran: not unseen
+
+
+def test_activation_module_the_forward_never_calls_is_reported_once(caplog):
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.act, self.head = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.fc(x).clamp(min=0))  # not through self.act
+
+    model = Model()
+    monitor = strict_monitor(model)
+    train(monitor, model, None, steps=2)
+    assert not [r for r in caplog.records if r.name == "torchhealth"]  # two sampled steps: not yet
+    train(monitor, model, None, steps=5)
+    monitor.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "torchhealth"]
+    assert len(said) == 1 and "('act')" in said[0] and "ran on none of 3 sampled steps" in said[0], said
 
 
 def test_batch_size_one_and_unbatched_inputs():

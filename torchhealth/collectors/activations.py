@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import sys
 from itertools import compress
 from typing import Any, Callable
@@ -29,7 +30,11 @@ from torchhealth.layers import ROOT_NAME, activation_kind, clean_name, unit_axis
 from torchhealth.snapshot import Snapshot
 from torchhealth.transfer import to_device
 
+logger = logging.getLogger("torchhealth")
+
 MAX_SITES_PER_MODULE = 16
+UNSEEN_FORWARDS_BEFORE_WARNING = 3
+"""Sampled steps whose forward ran none of the activation hooks before the monitor says so."""
 SATURATION_LEVEL = 0.97
 """|tanh| above this (or sigmoid within 0.03 of 0 or 1) counts as saturated."""
 
@@ -140,6 +145,8 @@ class ActivationCollector(Collector):
         self._read: _SiteTensors | None = None  # the sites of the last state(), in the order of its tensors
         self._counted: list[int] = []  # their window samples at that check
         self._guard = guard or Guard(strict=True)
+        self._hooks_ran = False  # an activation hook has run on a sampled training forward
+        self._unseen_forwards = 0  # sampled steps before that
         # not switched off with the other hooks: it must always leave the function mode and global hooks
         self._on_end = self._guard.wrap("activation cleanup", self._on_model_end)
         self._update_hooks()
@@ -283,6 +290,7 @@ class ActivationCollector(Collector):
 
     # -- statistics ----------------------------------------------------------------------------
     def _observe(self, name: str, kind: str, output: Any) -> None:
+        self._hooks_ran = True
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             return
         call = self._calls.get(name, 0)
@@ -335,6 +343,8 @@ class ActivationCollector(Collector):
         the buffers). No host synchronization.
         """
         if not self.observed:
+            if self._sampling:
+                self._note_unseen_forward()
             return
         if self._tensors is None:  # a new site, or the model moved: the buffers are laid out first
             self._site_tensors()
@@ -368,6 +378,28 @@ class ActivationCollector(Collector):
         if in_interval:
             torch._foreach_add_([site.flags.slot(offset) for site in sites], largest)
         torch._foreach_add_([site.target for site in sites], counts)
+
+    def _note_unseen_forward(self) -> None:
+        """Says once when the activation hooks have run on none of the first sampled steps.
+
+        The usual cause is a compiled graph traced without the monitor's hooks: dynamo does not
+        guard on module hooks (``skip_nnmodule_hook_guards``), so a graph traced for another model
+        of the same class, compiled and called first, runs in place of the monitored model's.
+        """
+        if self._hooks_ran or not self._hooked or self._unseen_forwards >= UNSEEN_FORWARDS_BEFORE_WARNING:
+            return
+        self._unseen_forwards += 1
+        if self._unseen_forwards < UNSEEN_FORWARDS_BEFORE_WARNING:
+            return
+        modules = ", ".join(repr(name) for name in sorted(set(self._names[m] for m in self._hooked))[:3])
+        logger.warning(
+            "torchhealth: the hooks on the model's activation modules (%s%s) ran on none of %d sampled steps, "
+            "so no activation statistics are recorded. If the model is compiled, a graph that torch.compile traced "
+            "for another model of the same class, without the monitor's hooks, may be running in its place: "
+            "set torch._dynamo.config.skip_nnmodule_hook_guards = False before the first compiled call, or "
+            "compile and call the monitored model first. Otherwise the training forward does not go through "
+            "the module given to the Monitor.", modules, ", ..." if len(self._hooked) > 3 else "",
+            self._unseen_forwards)
 
     def _site_tensors(self) -> "_SiteTensors":
         """Every site's running state side by side in two buffers (laid out again when a site is
