@@ -6,7 +6,8 @@
 #   3. overhead: 24-layer MLP (width 1024; batch 512, host-bound, and 2048) and ResNet-50 (bf16 autocast, batch 64);
 #      the batch-512 MLP twice: with every arm, then with plain, A/A control and torchhealth only, for more rounds
 #   4. where the host time of the host-bound MLP goes (profile_steps.py: per kind of step and phase, top operators)
-#   5. distributed: the DDP scenarios with the models on the GPU (two gloo ranks share it)
+#   5. overhead on the batch-512 MLP compiled (torch.compile, default mode): the usual cure of a launch-bound loop
+#   6. distributed: the DDP scenarios with the models on the GPU (two gloo ranks share it)
 # Writes at most seven files to $OUT (summary.txt first); each part has its own time limit.
 set -u
 cd "$(dirname "$0")/.."
@@ -41,6 +42,8 @@ if [ "$DEVICE" = cuda ]; then
   part 50 overhead_mlp_b2048 python3 benchmarks/overhead.py --device cuda --models mlp24_b2048 --rounds 20 --budget-s 25 --out "$WORK/mlp2048.md"
   part 110 overhead_resnet python3 benchmarks/overhead.py --device cuda --models resnet50 --rounds 12 --warmup 1 --budget-s 70 --out "$WORK/resnet.md"
   part 45 profile_mlp python3 benchmarks/profile_steps.py --device cuda --models mlp24 --steps 300 --profile-steps 100
+  part 150 overhead_mlp_compiled python3 benchmarks/overhead.py --device cuda --models mlp24 --compile \
+    --arms plain,plain_again,torchhealth --rounds 60 --budget-s 50 --out "$WORK/mlp_compiled.md"
   # DDP scenarios only: FSDP with two ranks sharing one GPU crashed (SIGSEGV) on this machine (docs/distributed.md)
   part 80 distributed env OUT="$WORK/dist" SCENARIOS="${DIST_SCENARIOS:-ddp_data fault_every_rank fault_one_rank dead_everywhere raise raise_test_rule watch_accumulate}" \
     bash tests/dist_scripts/fsdp_cuda_check.sh
@@ -48,8 +51,11 @@ else  # a short dry run of this script on the CPU
   part 120 no_sync python3 benchmarks/no_sync_check.py --device cpu --models mlp16 --steps 12 --out "$FINAL/no_sync.md"
   part 60 overhead_mlp python3 benchmarks/overhead.py --device cpu --models mlp16 --rounds 10 --warmup 1 --out "$WORK/mlp.md"
   part 45 profile_mlp python3 benchmarks/profile_steps.py --device cpu --models mlp16 --steps 100 --profile-steps 20
+  part 120 overhead_mlp_compiled python3 benchmarks/overhead.py --device cpu --models mlp16 --compile \
+    --arms plain,plain_again,torchhealth --rounds 10 --out "$WORK/mlp_compiled.md"
 fi
-cat "$WORK"/mlp.md "$WORK"/mlp_precise.md "$WORK"/resnet.md "$WORK"/mlp2048.md > "$FINAL/overhead_cuda.md" 2>/dev/null
+cat "$WORK"/mlp.md "$WORK"/mlp_precise.md "$WORK"/mlp_compiled.md "$WORK"/resnet.md "$WORK"/mlp2048.md \
+  > "$FINAL/overhead_cuda.md" 2>/dev/null
 cat "$WORK"/dist/*.pytest.txt "$WORK"/dist.log > "$FINAL/distributed.txt" 2>/dev/null
 cp "$WORK/pytest_cuda.log" "$FINAL/pytest_cuda.txt" 2>/dev/null
 cp "$WORK/profile_mlp.log" "$FINAL/profile_mlp.txt" 2>/dev/null

@@ -15,6 +15,12 @@ from always following the same arm:
 - ``+relu_sparsity_item``: that plus a forward hook on every ReLU module computing
   ``(out == 0).float().mean().item()`` every step.
 
+With ``--compile`` both models are compiled (``torch.compile``, default mode) once the monitor has
+attached, the monitored one first, and the warm-up traces every graph (sampled and unsampled
+forwards) before anything is timed. A launch-bound loop is what compiling is for; it shows what the
+monitor costs there. ``+relu_sparsity_item`` is refused with it: hooks added to a compiled model
+after it was traced do not run.
+
 On CPU every step is timed (process CPU time: all threads of this process, TensorBoard's writer
 thread included, which other processes disturb less than wall-clock) in blocks of ``check_every``
 steps; the monitor's steps are classed by kind and each kind's median is weighted by how often
@@ -165,7 +171,7 @@ class Bench:
     around the same tensors, which carries none of the monitor's hooks.
     """
 
-    def __init__(self, w: Workload, device: torch.device, log_dir: str) -> None:
+    def __init__(self, w: Workload, device: torch.device, log_dir: str, compile: bool = False) -> None:
         torch.manual_seed(0)
         self.w, self.device = w, device
         self.model = copy.deepcopy(w.model).to(device)
@@ -177,6 +183,13 @@ class Bench:
         self.monitor.activations.sampling = False
         self.relus = [(name, m) for name, m in self.twin.named_modules() if isinstance(m, nn.ReLU)]
         self.logged: dict[str, float] = {}
+        self.run_model, self.run_twin = self.model, self.twin
+        if compile:  # after the monitor attached, as docs/performance.md says, so its hooks are traced
+            self.run_model, self.run_twin = torch.compile(self.model), torch.compile(self.twin)
+            # The monitored model first: dynamo does not guard on module hooks, so a model of the same
+            # class compiled before it would lend it a graph without them.
+            self.block("torchhealth", self.monitor.options.sample_every)
+            self.block("plain", 1)
 
     def _sparsity_hook(self, name: str):
         def hook(module, args, out):
@@ -220,7 +233,7 @@ class Bench:
 
     def step(self, monitor, arm: str) -> None:
         with torch.autocast(self.device.type, dtype=self.w.autocast, enabled=self.w.autocast is not None):
-            loss = F.cross_entropy((self.model if monitor is not None else self.twin)(self.x), self.y)
+            loss = F.cross_entropy((self.run_model if monitor is not None else self.run_twin)(self.x), self.y)
         loss.backward()
         if monitor is not None:
             monitor.step(loss)
@@ -244,7 +257,7 @@ def sync(device: torch.device) -> None:
 # -- the measurement -----------------------------------------------------------------------------
 def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_steps: int,
             clock: Callable[[], float] = time.perf_counter, budget_s: float = float("inf"),
-            per_step: bool = False, arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
+            per_step: bool = False, arms: tuple[str, ...] = ARMS, compile: bool = False) -> dict[str, dict[str, float]]:
     """Interleaved rounds of ``block_steps`` steps per arm; returns per-arm step times and ratios.
 
     A round runs each arm's block in turn, in a shuffled order (seeded by the round). With
@@ -261,7 +274,7 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
     started = time.perf_counter()
     options = torchhealth.MonitorOptions()
     with tempfile.TemporaryDirectory(prefix="torchhealth-bench-") as log_dir:
-        bench = Bench(w, device, log_dir)
+        bench = Bench(w, device, log_dir, compile)
         steps: dict[str, list[tuple[str, float]]] = {a: [] for a in arms}
         per_round: dict[str, list[float]] = {a: [] for a in arms}
         peak: dict[str, int] = {a: 0 for a in arms}
@@ -288,6 +301,9 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
                 print(f"  {w.name}: time budget reached after {r + 1 - warmup} measured rounds", flush=True)
                 break
         bench.monitor.close()
+        if compile and not bench.monitor.activations.sites:
+            raise SystemExit(f"{w.name}: the compiled model ran without the monitor's activation hooks; its "
+                             "figures would not be the monitor's")
         if bench.monitor.guard.disabled:  # a part that failed costs nothing from then on: not the monitor's cost
             raise SystemExit(f"{w.name}: parts of the monitor failed during the measurement "
                              f"({', '.join(sorted(bench.monitor.guard.disabled))}); its figures would not be the monitor's")
@@ -379,8 +395,11 @@ def main(argv: list[str] | None = None) -> int:
                              "on CUDA, where timing single steps would add a synchronize per step)")
     parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
                         help="what a block's time is (default: cpu on CPU, wall on CUDA)")
-    parser.add_argument("--arms", default=",".join(ARMS),
-                        help="comma-separated subset of the arms, plain included (default: all)")
+    parser.add_argument("--arms", default=None,
+                        help="comma-separated subset of the arms, plain included (default: all; with --compile "
+                             "all but +relu_sparsity_item)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile both models (the monitored one first) before measuring")
     parser.add_argument("--processes", type=int, default=1,
                         help="repeat the measurement in this many fresh processes; report medians over them")
     parser.add_argument("--json", default=None, help="also write the raw results here (JSON)")
@@ -388,9 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.processes < 1:
         raise SystemExit("--processes must be at least 1")
-    arms = tuple(args.arms.split(","))
+    arms = tuple(args.arms.split(",")) if args.arms else tuple(a for a in ARMS if not (
+        args.compile and a == "+relu_sparsity_item"))
     if "plain" not in arms or not set(arms) <= set(ARMS):
         raise SystemExit(f"--arms must include plain and name only these arms: {', '.join(ARMS)}")
+    if args.compile and "+relu_sparsity_item" in arms:
+        raise SystemExit("--compile: leave +relu_sparsity_item out of --arms (a compiled model does not run "
+                         "hooks added after it was traced)")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
@@ -411,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         budget = args.budget_s if args.budget_s is not None else (90.0 if device.type == "cpu" else float("inf"))
         per_step = timing == "step"
-        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget, per_step, arms)
+        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget, per_step, arms,
+                                  args.compile)
         th = results[w.name]["torchhealth"]
         kinds = "; ".join(f"{c} x{n}: {ms:+.2f} ms" for c, (n, ms) in th.get("kinds", {}).items())
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "
@@ -424,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
               "is the median of the processes' overheads, not the ratio of the median steps), the range column "
               "their lowest and highest overhead." if args.processes > 1 else
               "The range column is the middle half of the per-round ratios to plain.")
-    text = (f"Machine: {machine(device)}. Defaults: check_every={defaults.check_every}, "
+    text = (f"Machine: {machine(device)}. {'Models compiled (torch.compile, default mode). ' if args.compile else ''}"
+            f"Defaults: check_every={defaults.check_every}, "
             f"log_every={defaults.log_every}, sample_every={defaults.sample_every}. "
             f"Up to {rounds} interleaved rounds (column rounds) of {block_steps} steps per arm, timed by "
             f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}. "
