@@ -10,12 +10,15 @@ device.
 Usage::
 
     python benchmarks/profile_steps.py --device cuda --models mlp24,resnet50
+    python benchmarks/profile_steps.py --models mlp16 --steps 600 --profile-steps 0 --parts
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
+import functools
 import os
 import pstats
 import statistics
@@ -30,6 +33,37 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import Bench, sync, workloads  # noqa: E402
 
 PHASES = ("forward", "backward", "monitor.step", "optimizer")
+
+
+def time_parts(monitor) -> dict[str, list[float]]:
+    """Wraps the parts of a check (each collector's state, reset and finish, each detector, each
+    metric sink, the filing of sampled statistics, the weight copy) with timers, in place; returns
+    the lists their seconds are appended to."""
+    seconds: dict[str, list[float]] = collections.defaultdict(list)
+
+    def timed(name, fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[name].append(time.perf_counter() - t0)
+        return run
+
+    for name, collector in monitor.collectors.items():
+        for method in ("state", "reset_interval", "finish"):
+            setattr(collector, method, timed(f"{name}.{method}", getattr(collector, method)))
+    for detector in monitor.detectors:
+        detector.check = timed(f"detector {detector.kind}", detector.check)
+    for sink in monitor.metric_sinks:
+        sink.write_snapshot = timed(f"sink {sink.name}", sink.write_snapshot)
+    monitor.activations.file_step = timed("activations.file_step", monitor.activations.file_step)
+    if monitor.weights is not None:
+        monitor.weights.remember_weights = timed("weights.remember_weights", monitor.weights.remember_weights)
+    monitor._start_check = timed("monitor._start_check", monitor._start_check)
+    monitor._finish_check = timed("monitor._finish_check", monitor._finish_check)
+    return seconds
 
 
 def phases(bench: Bench, steps: int, python: cProfile.Profile | None = None) -> dict[str, dict[str, float]]:
@@ -70,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, default=100)
     parser.add_argument("--python-profile", action="store_true",
                         help="also list the Python functions with the most own time in the checks' monitor.step")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time each part of a check in place (collectors, detectors, sinks), alternating "
+                             "blocks of check_every steps with the twin as overhead.py does")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -89,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n### Python functions by own time in monitor.step of check and after-check steps "
                       f"({args.steps} steps, under cProfile)\n")
                 pstats.Stats(python, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+            if args.parts:
+                seconds = time_parts(bench.monitor)
+                for _ in range(max(1, args.steps // bench.monitor.options.check_every)):
+                    bench.block("plain", bench.monitor.options.check_every)
+                    bench.block("torchhealth", bench.monitor.options.check_every)
+                print(f"\n### Parts of a check, timed in place (median ms over the calls)\n")
+                print("| part | calls | median ms |\n|---|---|---|")
+                for part, values in sorted(seconds.items()):
+                    print(f"| {part} | {len(values)} | {1e3 * statistics.median(values):.3f} |")
             if bench.monitor.guard.disabled:
                 print(f"parts of the monitor failed: {', '.join(sorted(bench.monitor.guard.disabled))}")
             if args.profile_steps:
