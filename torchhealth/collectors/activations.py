@@ -397,8 +397,8 @@ class ActivationCollector(Collector):
             "so no activation statistics are recorded. If the model is compiled, a graph that torch.compile traced "
             "for another model of the same class, without the monitor's hooks, may be running in its place: "
             "set torch._dynamo.config.skip_nnmodule_hook_guards = False before the first compiled call, or "
-            "compile and call the monitored model first. Otherwise the training forward does not go through "
-            "the module given to the Monitor.", modules, ", ..." if len(self._hooked) > 3 else "",
+            "compile and call the monitored model first. Otherwise the training forward does not call these "
+            "modules.", modules, ", ..." if len(self._hooked) > 3 else "",
             self._unseen_forwards)
 
     def _site_tensors(self) -> "_SiteTensors":
