@@ -113,34 +113,36 @@ def test_a_model_first_compiled_on_an_unsampled_step_still_reports_activations(c
 
 
 @pytest.mark.parametrize("hook_guards", [False, True])
-def test_a_graph_traced_for_another_model_of_the_class_is_reported(hook_guards, caplog):
+@pytest.mark.parametrize("other_first", [True, False])
+def test_a_graph_traced_for_another_model_of_the_class_is_reported(hook_guards, other_first, caplog):
     """Dynamo does not guard on module hooks by default: an unmonitored model of the same class,
-    compiled and called first, lends the monitored model a graph without the monitor's hooks.
-    The monitor says so once, and the setting it names gives the monitored model its own graph."""
+    compiled and called (before the monitored one, or at some step after it), lends the monitored
+    model a graph without the monitor's hooks. The monitor says so once, and the setting it names
+    gives the monitored model its own graph."""
     torch.manual_seed(0)
     model = conv_net()
     other = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     monitor = torchhealth.Monitor(model, opt, strict=True, check_every=2, log_every=2, sample_every=2)
     x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    reported = []
     with torch._dynamo.config.patch(skip_nnmodule_hook_guards=not hook_guards):
-        F.cross_entropy(torch.compile(other, backend="aot_eager")(x), y).backward()
-        forward = torch.compile(model, backend="aot_eager")
-        reported = set()
-        for _ in range(12):  # six sampled steps
+        forward, forward_other = torch.compile(model, backend="aot_eager"), torch.compile(other, backend="aot_eager")
+        for step in range(16):  # eight sampled steps
+            if step == (0 if other_first else 4):
+                F.cross_entropy(forward_other(x), y).backward()
             loss = F.cross_entropy(forward(x), y)
             loss.backward()
             monitor.step(loss)
             opt.step()
             opt.zero_grad()
-            reported |= set(monitor.last_snapshot.stats)
+            reported.append({"zero_fraction", "saturation"} <= set(monitor.last_snapshot.stats))
     monitor.close()
     warnings = [r.getMessage() for r in caplog.records if "ran on none of" in r.getMessage()]
     if hook_guards:
-        assert warnings == []
-        assert {"zero_fraction", "saturation"} <= reported
+        assert warnings == [] and all(reported), reported
     else:
-        assert not {"zero_fraction", "saturation"} & reported
+        assert not any(reported[6:]), reported
         assert len(warnings) == 1, warnings  # once, not at every sampled step
         assert "'2', '5'" in warnings[0] and "skip_nnmodule_hook_guards = False" in warnings[0]
 
@@ -148,3 +150,42 @@ def test_a_graph_traced_for_another_model_of_the_class_is_reported(hook_guards, 
 def test_the_usual_compiled_run_does_not_warn(caplog):
     train(conv_net(), compiled=True, steps=8, check_every=2, log_every=2, sample_every=2)
     assert not [r for r in caplog.records if r.name == "torchhealth"]
+
+
+class WithCompiledPart(nn.Module):
+    """A LightningModule-like root: a compiled part, and a step method that does not call ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.compile(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh()),
+                                  backend="aot_eager")
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def training_step(self, x, y):
+        return F.cross_entropy(self.head(self.body(x)), y)
+
+
+@pytest.mark.parametrize("through_forward", [True, False])
+def test_a_model_with_a_compiled_part_trains_and_reports_activations(through_forward, caplog):
+    """The hooks inside the compiled part are traced (no lookup in a dict keyed by modules, which
+    dynamo cannot trace when it holds the compiled wrapper) and stay for the unsampled forwards."""
+    torch.manual_seed(0)
+    model = WithCompiledPart()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = torchhealth.Monitor(model, opt, strict=True, check_every=2, log_every=2, sample_every=2)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    reported = []
+    for _ in range(12):
+        loss = F.cross_entropy(model(x), y) if through_forward else model.training_step(x, y)
+        loss.backward()
+        monitor.step(loss)
+        opt.step()
+        opt.zero_grad()
+        reported.append(set(monitor.last_snapshot.stats) >= {"zero_fraction", "saturation"})
+    monitor.close()
+    assert all(reported), reported
+    assert counters["graph_break"] == {}, dict(counters["graph_break"])
+    assert not [r for r in caplog.records if "ran on none of" in r.getMessage()]

@@ -146,7 +146,30 @@ def test_activation_module_the_forward_never_calls_is_reported_once(caplog):
     train(monitor, model, None, steps=5)
     monitor.close()
     said = [r.getMessage() for r in caplog.records if r.name == "torchhealth"]
-    assert len(said) == 1 and "('act')" in said[0] and "ran on none of 3 sampled steps" in said[0], said
+    assert len(said) == 1 and "('act')" in said[0] and "ran on none of the last 3 sampled steps" in said[0], said
+
+
+@pytest.mark.parametrize("case", ["eval_mode_reentrant_checkpointing", "frozen_backbone_under_no_grad"])
+def test_hooks_that_run_on_evaluation_forwards_are_not_reported_as_unseen(case, caplog):
+    """The hooks run there but record nothing (evaluation forwards): not the warning's case."""
+    from torch.utils.checkpoint import checkpoint
+
+    block, head = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8)), nn.Linear(8, 1)
+    model = nn.Sequential(block, head)
+    monitor = strict_monitor(model, torch.optim.SGD(model.parameters(), lr=0.01))
+    model.eval()  # fine-tuning with the model in eval mode
+    for _ in range(6):
+        x = torch.randn(8, 4, requires_grad=True)
+        if case == "frozen_backbone_under_no_grad":
+            with torch.no_grad():
+                hidden = block(x)
+        else:
+            hidden = checkpoint(block, x, use_reentrant=True)
+        loss = head(hidden).pow(2).mean()
+        loss.backward()
+        monitor.step(loss)
+    monitor.close()
+    assert not [r for r in caplog.records if "ran on none of" in r.getMessage()]
 
 
 def test_batch_size_one_and_unbatched_inputs():

@@ -34,7 +34,7 @@ logger = logging.getLogger("torchhealth")
 
 MAX_SITES_PER_MODULE = 16
 UNSEEN_FORWARDS_BEFORE_WARNING = 3
-"""Sampled steps whose forward ran none of the activation hooks before the monitor says so."""
+"""Sampled steps in a row whose forwards ran none of the activation hooks before the monitor says so."""
 SATURATION_LEVEL = 0.97
 """|tanh| above this (or sigmoid within 0.03 of 0 or 1) counts as saturated."""
 
@@ -126,7 +126,8 @@ class ActivationCollector(Collector):
         self.interval = interval
         self.window_samples = window_samples
         self._sampling = True
-        self._compiled = False  # set once a forward runs under torch.compile: hooks then stay
+        # set once a forward runs under torch.compile, or when part of the model is compiled already: hooks then stay
+        self._compiled = _compiled_inside(self.model)
         self._closed = False
         self._start_handle: RemovableHandle | None = None  # the model's pre-forward hook
         self._sampled_hooks: _SwitchedHooks | None = None  # the model's post-forward hook and the activation hooks
@@ -145,8 +146,9 @@ class ActivationCollector(Collector):
         self._read: _SiteTensors | None = None  # the sites of the last state(), in the order of its tensors
         self._counted: list[int] = []  # their window samples at that check
         self._guard = guard or Guard(strict=True)
-        self._hooks_ran = False  # an activation hook has run on a sampled training forward
-        self._unseen_forwards = 0  # sampled steps before that
+        self._hooks_ran = False  # an activation hook ran in this step's sampled forwards
+        self._unseen_forwards = 0  # sampled steps in a row in which none ran
+        self._warned_unseen = False
         # not switched off with the other hooks: it must always leave the function mode and global hooks
         self._on_end = self._guard.wrap("activation cleanup", self._on_model_end)
         self._update_hooks()
@@ -198,8 +200,8 @@ class ActivationCollector(Collector):
         if self._sampled_hooks is None:
             hooks = self._sampled_hooks = _SwitchedHooks()
             hooks.add(self.model, self._on_end, always_call=True)
-            for module in self._hooked:  # unguarded: they test a flag before calling guarded code
-                hooks.add(module, self._on_activation)
+            for module, kind in self._hooked.items():  # unguarded: they test a flag before calling guarded code
+                hooks.add(module, self._activation_hook(self._names[module], kind))
         self._sampled_hooks.switch(True)
 
     def _remove_hooks(self) -> None:
@@ -254,7 +256,12 @@ class ActivationCollector(Collector):
         if self._sampling:
             self._discovering = False
 
+    # The global hooks and the function mode of a discovering forward also fire inside a compiled
+    # part of an eager model; there they do nothing (dynamo fails on lookups in the dicts keyed by
+    # modules, which hold the module it traces), as the discovery does under a compiled model.
     def _on_any_start(self, module: nn.Module, args: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
         name = self._names.get(module)
         if name is not None:
             self._stack.append(module)
@@ -262,15 +269,32 @@ class ActivationCollector(Collector):
                 self.facts.note_forward(name)
 
     def _on_any_end(self, module: nn.Module, args: Any, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
         if self._stack and self._stack[-1] is module:
             self._stack.pop()
 
-    def _on_activation(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._sampling or self._evaluating():
+    def _activation_hook(self, name: str, kind: str) -> Callable[..., None]:
+        """The forward hook of one activation module, its name and kind bound in.
+
+        A compiled forward then traces no lookup in a dict keyed by modules: dynamo fails on one
+        that holds the module it is tracing, as ``_names`` does when part of the model is compiled.
+        """
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self._on_activation(name, kind, output)
+        return hook
+
+    def _on_activation(self, name: str, kind: str, output: Any) -> None:
+        if not self._sampling:
             return
-        if not torch.compiler.is_compiling() and _recomputing():  # folded away when traced: no graph break
+        self._hooks_ran = True
+        if torch.compiler.is_compiling():  # a compiled part that the model's own pre-hook does not see
+            self._compiled = True
+        elif _recomputing():  # folded away when traced: no graph break
             return
-        self._guard.call("activation hooks", self._observe, self._names[module], self._hooked[module], output)
+        if self._evaluating():
+            return
+        self._guard.call("activation hooks", self._observe, name, kind, output)
 
     def _evaluating(self) -> bool:
         """An evaluation forward (eval mode, no grad) between training steps: not training statistics.
@@ -282,6 +306,7 @@ class ActivationCollector(Collector):
 
     def on_functional(self, kind: str, output: Any) -> None:
         """Called by the function mode for each functional activation outside hooked modules."""
+        self._hooks_ran = True
         owner = self._stack[-1] if self._stack else self.model
         if owner in self._hooked or self._evaluating():
             return  # an activation module calling F.relu: already seen by its own hook
@@ -290,7 +315,6 @@ class ActivationCollector(Collector):
 
     # -- statistics ----------------------------------------------------------------------------
     def _observe(self, name: str, kind: str, output: Any) -> None:
-        self._hooks_ran = True
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             return
         call = self._calls.get(name, 0)
@@ -342,9 +366,13 @@ class ActivationCollector(Collector):
         each site called several times in the step, or whose outputs are on another device than
         the buffers). No host synchronization.
         """
-        if not self.observed:
-            if self._sampling:
+        if self._sampling:
+            if self._hooks_ran:
+                self._unseen_forwards = 0
+            else:
                 self._note_unseen_forward()
+            self._hooks_ran = False
+        if not self.observed:
             return
         if self._tensors is None:  # a new site, or the model moved: the buffers are laid out first
             self._site_tensors()
@@ -380,26 +408,28 @@ class ActivationCollector(Collector):
         torch._foreach_add_([site.target for site in sites], counts)
 
     def _note_unseen_forward(self) -> None:
-        """Says once when the activation hooks have run on none of the first sampled steps.
+        """Says once when the activation hooks have run on none of several sampled steps in a row.
 
         The usual cause is a compiled graph traced without the monitor's hooks: dynamo does not
         guard on module hooks (``skip_nnmodule_hook_guards``), so a graph traced for another model
-        of the same class, compiled and called first, runs in place of the monitored model's.
+        of the same class, or for this model before the monitor attached, can run in place of the
+        one with the hooks.
         """
-        if self._hooks_ran or not self._hooked or self._unseen_forwards >= UNSEEN_FORWARDS_BEFORE_WARNING:
+        if self._warned_unseen or self._closed or not self._hooked:
             return
         self._unseen_forwards += 1
         if self._unseen_forwards < UNSEEN_FORWARDS_BEFORE_WARNING:
             return
-        modules = ", ".join(repr(name) for name in sorted(set(self._names[m] for m in self._hooked))[:3])
+        self._warned_unseen = True
+        names = sorted(set(self._names[m] for m in self._hooked))
         logger.warning(
-            "torchhealth: the hooks on the model's activation modules (%s%s) ran on none of %d sampled steps, "
-            "so no activation statistics are recorded. If the model is compiled, a graph that torch.compile traced "
-            "for another model of the same class, without the monitor's hooks, may be running in its place: "
-            "set torch._dynamo.config.skip_nnmodule_hook_guards = False before the first compiled call, or "
-            "compile and call the monitored model first. Otherwise the training forward does not call these "
-            "modules.", modules, ", ..." if len(self._hooked) > 3 else "",
-            self._unseen_forwards)
+            "torchhealth: the hooks on the model's activation modules (%s%s) ran on none of the last %d sampled "
+            "steps, so no activation statistics are being recorded. If the model or part of it is compiled, a graph "
+            "that torch.compile traced without the monitor's hooks (for another model of the same class, or before "
+            "the monitor attached) may be running in its place, because dynamo does not guard on module hooks: set "
+            "torch._dynamo.config.skip_nnmodule_hook_guards = False before the first compiled call. Otherwise the "
+            "training forward does not call these modules.",
+            ", ".join(repr(name) for name in names[:3]), ", ..." if len(names) > 3 else "", self._unseen_forwards)
 
     def _site_tensors(self) -> "_SiteTensors":
         """Every site's running state side by side in two buffers (laid out again when a site is
@@ -553,6 +583,16 @@ class _SwitchedHooks:
         self._hooks = []
 
 
+def _compiled_inside(model: nn.Module) -> bool:
+    """Whether ``model`` or one of its submodules is compiled already (``torch.compile(module)`` or
+    ``module.compile()``): its graphs keep the hooks they were traced with, so the hooks stay."""
+    if not compiler_loaded():
+        return False
+    from torch._dynamo.eval_frame import OptimizedModule
+    return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None
+               for m in model.modules())
+
+
 def compiler_loaded() -> bool:
     """Whether torch.compile's frontend (dynamo) has been imported in this process: a model may be compiled."""
     return "torch._dynamo" in sys.modules
@@ -573,6 +613,6 @@ class _FunctionalActivationMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         kind = FUNCTIONAL_ACTIVATIONS.get(func)
-        if kind is not None:
+        if kind is not None and not torch.compiler.is_compiling():
             self.on_functional(kind, out)
         return out
