@@ -16,10 +16,12 @@ from always following the same arm:
   ``(out == 0).float().mean().item()`` every step.
 
 With ``--compile`` both models are compiled (``torch.compile``, default mode) once the monitor has
-attached, the monitored one first, and the warm-up traces every graph (sampled and unsampled
-forwards) before anything is timed. A launch-bound loop is what compiling is for; it shows what the
-monitor costs there. ``+relu_sparsity_item`` is refused with it: hooks added to a compiled model
-after it was traced do not run.
+attached, the twin as a class of its own (dynamo does not guard on module hooks, so a twin of the
+same class would lend the monitored model a graph without them); the warm-up round traces the
+graphs, and the run refuses figures unless the monitor's last check has activation statistics. A
+launch-bound loop is what compiling is for; it shows what the monitor costs there.
+``+relu_sparsity_item`` is refused with it: hooks added to a compiled model after it was traced do
+not run.
 
 On CPU every step is timed (process CPU time: all threads of this process, TensorBoard's writer
 thread included, which other processes disturb less than wall-clock) in blocks of ``check_every``
@@ -64,6 +66,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torchhealth  # noqa: E402
 from torchhealth.collectors.base import state_nbytes  # noqa: E402
+from torchhealth.layers import activation_kind  # noqa: E402
 
 ARMS = ("plain", "plain_again", "torchhealth", "grad_norm_item", "+relu_sparsity_item")
 
@@ -185,11 +188,11 @@ class Bench:
         self.logged: dict[str, float] = {}
         self.run_model, self.run_twin = self.model, self.twin
         if compile:  # after the monitor attached, as docs/performance.md says, so its hooks are traced
+            # Dynamo does not guard on module hooks: a twin of the same class would lend the monitored
+            # model its graph, which has none. A class of its own keeps their graphs apart.
+            twin_class = type(self.twin)
+            self.twin.__class__ = type(f"Twin{twin_class.__name__}", (twin_class,), {})
             self.run_model, self.run_twin = torch.compile(self.model), torch.compile(self.twin)
-            # The monitored model first: dynamo does not guard on module hooks, so a model of the same
-            # class compiled before it would lend it a graph without them.
-            self.block("torchhealth", self.monitor.options.sample_every)
-            self.block("plain", 1)
 
     def _sparsity_hook(self, name: str):
         def hook(module, args, out):
@@ -300,10 +303,13 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
             if r + 1 - warmup >= 3 and time.perf_counter() - started > budget_s:
                 print(f"  {w.name}: time budget reached after {r + 1 - warmup} measured rounds", flush=True)
                 break
+        snapshot = bench.monitor.last_snapshot
+        watched = any(activation_kind(m) for m in bench.model.modules())
         bench.monitor.close()
-        if compile and not bench.monitor.activations.sites:
-            raise SystemExit(f"{w.name}: the compiled model ran without the monitor's activation hooks; its "
-                             "figures would not be the monitor's")
+        # the last check falls on a sampled step: without statistics, its forward ran without the monitor's hooks
+        if watched and not (snapshot is not None and {"zero_fraction", "saturation"} & set(snapshot.stats)):
+            raise SystemExit(f"{w.name}: the monitor's last check has no activation statistics (a compiled graph "
+                             "without its hooks?); its figures would not be the monitor's")
         if bench.monitor.guard.disabled:  # a part that failed costs nothing from then on: not the monitor's cost
             raise SystemExit(f"{w.name}: parts of the monitor failed during the measurement "
                              f"({', '.join(sorted(bench.monitor.guard.disabled))}); its figures would not be the monitor's")
@@ -399,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of the arms, plain included (default: all; with --compile "
                              "all but +relu_sparsity_item)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile both models (the monitored one first) before measuring")
+                        help="torch.compile both models (the twin as a class of its own) before measuring")
     parser.add_argument("--processes", type=int, default=1,
                         help="repeat the measurement in this many fresh processes; report medians over them")
     parser.add_argument("--json", default=None, help="also write the raw results here (JSON)")
