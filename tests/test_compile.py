@@ -188,4 +188,60 @@ def test_a_model_with_a_compiled_part_trains_and_reports_activations(through_for
     monitor.close()
     assert all(reported), reported
     assert counters["graph_break"] == {}, dict(counters["graph_break"])
+    # one graph per sampling state, and one site per module: the calls of a step are counted afresh
+    # even where the root's forward (which used to reset them) is not called
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+    assert sorted(name for name, _ in monitor.activations.sites) == ["body.1", "body.3"]
     assert not [r for r in caplog.records if "ran on none of" in r.getMessage()]
+
+
+def test_functional_activations_beside_a_compiled_part_do_not_recompile_it():
+    """The discovery's global hooks and function mode are not put in place again once part of the
+    model is compiled: the part's graphs guard on them, and new ones would recompile it each time."""
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.compile(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8)), backend="aot_eager")
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.body(x)))  # a functional activation in the eager part
+
+    torch.manual_seed(0)
+    model = Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = torchhealth.Monitor(model, opt, strict=True, check_every=2, log_every=2, sample_every=2)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    for _ in range(16):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        monitor.step(loss)
+        opt.step()
+        opt.zero_grad()
+    assert monitor.last_snapshot.stats["zero_fraction"].keys() == {"body.1"}
+    monitor.close()
+    assert counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_monitor_given_the_compiled_model_watches_the_model_inside(strict):
+    """``Monitor(torch.compile(model))``: the hooks go on the modules the graph traces, not on the
+    wrapper (whose attributes dynamo failed to read from inside the graph, stopping training)."""
+    torch.manual_seed(0)
+    model = conv_net()
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = torchhealth.Monitor(compiled, opt, strict=strict, check_every=2, log_every=2, sample_every=2)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    for _ in range(6):
+        loss = F.cross_entropy(compiled(x), y)
+        loss.backward()
+        monitor.step(loss)
+        opt.step()
+        opt.zero_grad()
+    assert {"zero_fraction", "saturation"} <= set(monitor.last_snapshot.stats)
+    assert "2" in monitor.last_snapshot.stats["grad_norm"] or "0" in monitor.last_snapshot.stats["grad_norm"]
+    assert not monitor.guard.disabled
+    monitor.close()
+    assert counters["graph_break"] == {}, dict(counters["graph_break"])

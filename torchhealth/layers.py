@@ -17,10 +17,16 @@ ROOT_NAME = "model"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """Strips DDP/DataParallel/FSDP wrappers so layer names carry no ``module.`` prefix."""
-    while type(model).__name__ in WRAPPER_CLASS_NAMES and isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    return model
+    """Strips DDP/DataParallel/FSDP wrappers and torch.compile's, so layer names carry no ``module.``
+    prefix and the hooks go on the modules the compiled graph traces (not on its wrapper, whose
+    attributes dynamo cannot read from inside the graph)."""
+    while True:
+        if type(model).__name__ in WRAPPER_CLASS_NAMES and isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def clean_name(name: str) -> str:

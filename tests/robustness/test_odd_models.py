@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -170,6 +172,48 @@ def test_hooks_that_run_on_evaluation_forwards_are_not_reported_as_unseen(case, 
         monitor.step(loss)
     monitor.close()
     assert not [r for r in caplog.records if "ran on none of" in r.getMessage()]
+
+
+def test_a_copy_of_the_model_made_after_attaching_does_not_feed_the_monitor():
+    """An EMA or teacher copy (``copy.deepcopy`` after the monitor attached) carries copies of the
+    hooks; they must not add the copy's activations to the monitored model's sites."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    monitor = strict_monitor(model, torch.optim.SGD(model.parameters(), lr=0.01))
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        teacher[0].bias.fill_(-100.0)  # every unit of the teacher's ReLU off
+    for _ in range(4):
+        x = torch.randn(8, 4)
+        with torch.no_grad():
+            target = teacher(x)
+        loss = (model(x) - target).pow(2).mean()
+        loss.backward()
+        monitor.step(loss)
+    assert list(monitor.activations.sites) == [("1", 0)]
+    assert monitor.last_snapshot.stats["zero_fraction"]["1"] < 1.0  # not the teacher's all-zero output
+    monitor.close()
+
+
+def test_a_step_that_calls_the_model_s_parts_keeps_one_site_per_module():
+    """A Lightning ``training_step`` may call the model's parts and never its ``forward`` (whose
+    pre-hook used to be the only place the step's calls were counted afresh)."""
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Linear(8, 1)
+
+        def training_step(self, x):
+            return self.head(self.body(x)).pow(2).mean()
+
+    model = Model()
+    monitor = strict_monitor(model, torch.optim.SGD(model.parameters(), lr=0.01))
+    for _ in range(6):
+        loss = model.training_step(torch.randn(8, 4))
+        loss.backward()
+        monitor.step(loss)
+    assert list(monitor.activations.sites) == [("body.1", 0)]
+    monitor.close()
 
 
 def test_batch_size_one_and_unbatched_inputs():

@@ -149,8 +149,6 @@ class ActivationCollector(Collector):
         self._hooks_ran = False  # an activation hook ran in this step's sampled forwards
         self._unseen_forwards = 0  # sampled steps in a row in which none ran
         self._warned_unseen = False
-        # not switched off with the other hooks: it must always leave the function mode and global hooks
-        self._on_end = self._guard.wrap("activation cleanup", self._on_model_end)
         self._update_hooks()
 
     @property
@@ -199,9 +197,9 @@ class ActivationCollector(Collector):
             return
         if self._sampled_hooks is None:
             hooks = self._sampled_hooks = _SwitchedHooks()
-            hooks.add(self.model, self._on_end, always_call=True)
+            hooks.add(self.model, self._on_model_end_guarded, always_call=True)
             for module, kind in self._hooked.items():  # unguarded: they test a flag before calling guarded code
-                hooks.add(module, self._activation_hook(self._names[module], kind))
+                hooks.add(module, _ActivationHook(self, self._names[module], kind))
         self._sampled_hooks.switch(True)
 
     def _remove_hooks(self) -> None:
@@ -230,7 +228,9 @@ class ActivationCollector(Collector):
         if not self._sampling:
             return
         self._calls.clear()
-        if not (self._discovering or (self._functional and self._functional_seen)):
+        # Not again once part of the model is compiled: its graphs guard on the global hooks and the
+        # function mode, and new ones at every sampled forward would recompile it every time.
+        if not (self._discovering or (self._functional and self._functional_seen and not self._compiled)):
             return
         if torch.compiler.is_compiling():
             # Global hooks and a function mode cannot be set up inside a compiled graph (a graph
@@ -245,6 +245,12 @@ class ActivationCollector(Collector):
         if self._functional:
             self._mode = _FunctionalActivationMode(self)
             self._mode.__enter__()
+
+    def _on_model_end_guarded(self, module: nn.Module, args: Any, output: Any) -> None:
+        # A guarded part of its own, not switched off with the other hooks: it must always leave the
+        # function mode and global hooks. A method, not a closure: a deep copy of the model (an EMA
+        # copy) then ends the forwards of the copy of this collector that began them.
+        self._guard.call("activation cleanup", self._on_model_end, module, args, output)
 
     def _on_model_end(self, module: nn.Module, args: Any, output: Any) -> None:
         handles, self._global_handles = self._global_handles, []
@@ -273,16 +279,6 @@ class ActivationCollector(Collector):
             return
         if self._stack and self._stack[-1] is module:
             self._stack.pop()
-
-    def _activation_hook(self, name: str, kind: str) -> Callable[..., None]:
-        """The forward hook of one activation module, its name and kind bound in.
-
-        A compiled forward then traces no lookup in a dict keyed by modules: dynamo fails on one
-        that holds the module it is tracing, as ``_names`` does when part of the model is compiled.
-        """
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            self._on_activation(name, kind, output)
-        return hook
 
     def _on_activation(self, name: str, kind: str, output: Any) -> None:
         if not self._sampling:
@@ -372,6 +368,10 @@ class ActivationCollector(Collector):
             else:
                 self._note_unseen_forward()
             self._hooks_ran = False
+        # The calls of this step are filed: the next step's start again at the first site of each module
+        # (also where the model's own forward, which clears them too, is not called: a Lightning
+        # training_step that calls its parts).
+        self._calls.clear()
         if not self.observed:
             return
         if self._tensors is None:  # a new site, or the model moved: the buffers are laid out first
@@ -545,6 +545,23 @@ class _SiteTensors:
     names: list[str]  # of the sites, in order
     all_relu: bool  # every site is a ReLU
     columns: tuple[torch.Tensor, ...]  # per step offset, every site's marker; only when every site counts ReLU units
+
+
+class _ActivationHook:
+    """The forward hook of one activation module, its name and kind bound in.
+
+    A compiled forward then traces no lookup in a dict keyed by modules: dynamo fails on one that
+    holds the module it is tracing, as the collector's do when part of the model is compiled. An
+    object rather than a closure, so that a deep copy of the model (an EMA or teacher copy made
+    after attaching) gets hooks that feed a copy of the collector, as bound methods did, instead
+    of this one.
+    """
+
+    def __init__(self, collector: ActivationCollector, name: str, kind: str) -> None:
+        self.collector, self.name, self.kind = collector, name, kind
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.collector._on_activation(self.name, self.kind, output)
 
 
 class _SwitchedHooks:
