@@ -27,17 +27,21 @@ def train(model: nn.Module, compiled: bool, steps: int, **options):
     forward = torch.compile(model, backend="aot_eager") if compiled else model
     torch.manual_seed(1)
     x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
-    snapshots = []
+    snapshots = [monitor.last_snapshot for step in fit(forward, monitor, opt, x, y, steps)
+                 if step % monitor.options.check_every == 0]
+    monitor.close()
+    return snapshots
+
+
+def fit(forward, monitor, opt, x, y, steps: int):
+    """Yields the step after each of ``steps`` monitored training steps of ``forward`` on one batch."""
     for step in range(steps):
         loss = F.cross_entropy(forward(x), y)
         loss.backward()
         monitor.step(loss)
         opt.step()
         opt.zero_grad()
-        if step % monitor.options.check_every == 0:
-            snapshots.append(monitor.last_snapshot)
-    monitor.close()
-    return snapshots
+        yield step
 
 
 @pytest.fixture(autouse=True)
@@ -212,13 +216,7 @@ def test_functional_activations_beside_a_compiled_part_do_not_recompile_it():
     model = Model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     monitor = torchhealth.Monitor(model, opt, strict=True, check_every=2, log_every=2, sample_every=2)
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-    for _ in range(16):
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        monitor.step(loss)
-        opt.step()
-        opt.zero_grad()
+    list(fit(model, monitor, opt, torch.randn(8, 6), torch.randint(0, 3, (8,)), steps=16))
     assert monitor.last_snapshot.stats["zero_fraction"].keys() == {"body.1"}
     monitor.close()
     assert counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
@@ -233,13 +231,7 @@ def test_a_monitor_given_the_compiled_model_watches_the_model_inside(strict):
     compiled = torch.compile(model, backend="aot_eager")
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     monitor = torchhealth.Monitor(compiled, opt, strict=strict, check_every=2, log_every=2, sample_every=2)
-    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
-    for _ in range(6):
-        loss = F.cross_entropy(compiled(x), y)
-        loss.backward()
-        monitor.step(loss)
-        opt.step()
-        opt.zero_grad()
+    list(fit(compiled, monitor, opt, torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,)), steps=6))
     assert {"zero_fraction", "saturation"} <= set(monitor.last_snapshot.stats)
     assert "2" in monitor.last_snapshot.stats["grad_norm"] or "0" in monitor.last_snapshot.stats["grad_norm"]
     assert not monitor.guard.disabled
