@@ -605,8 +605,8 @@ def _compiled_inside(model: nn.Module) -> bool:
     ``module.compile()``): its graphs keep the hooks they were traced with, so the hooks stay."""
     if not compiler_loaded():
         return False
-    from torch._dynamo.eval_frame import OptimizedModule
-    return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None
+    # by class name, as layers.unwrap does: the class lives in a private module of torch._dynamo
+    return any(type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None
                for m in model.modules())
 
 
