@@ -23,10 +23,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if type(model).__name__ in WRAPPER_CLASS_NAMES and isinstance(getattr(model, "module", None), nn.Module):
             model = model.module
-        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        elif compiled_wrapper(model):
             model = model._orig_mod
         else:
             return model
+
+
+def compiled_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is the wrapper ``torch.compile(module)`` returns (found by class name: the
+    class lives in a private module of ``torch._dynamo``)."""
+    return type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module)
 
 
 def clean_name(name: str) -> str:

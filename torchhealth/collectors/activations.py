@@ -26,7 +26,7 @@ from torch.utils.hooks import RemovableHandle
 from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, file_values, first_nonfinite, host_values
 from torchhealth.facts import ModelFacts
 from torchhealth.safety import Guard
-from torchhealth.layers import ROOT_NAME, activation_kind, clean_name, unit_axis, unwrap
+from torchhealth.layers import ROOT_NAME, activation_kind, clean_name, compiled_wrapper, unit_axis, unwrap
 from torchhealth.snapshot import Snapshot
 from torchhealth.transfer import to_device
 
@@ -605,9 +605,7 @@ def _compiled_inside(model: nn.Module) -> bool:
     ``module.compile()``): its graphs keep the hooks they were traced with, so the hooks stay."""
     if not compiler_loaded():
         return False
-    # by class name, as layers.unwrap does: the class lives in a private module of torch._dynamo
-    return any(type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None
-               for m in model.modules())
+    return any(compiled_wrapper(m) or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
 def compiler_loaded() -> bool:
