@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.test_monitor import all_hooks
+from tests.helpers import all_hooks
 import torchhealth
 from torchhealth.collectors import activations
 from torchhealth.collectors.activations import _SiteTensors

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import torchhealth
-from tests.test_watch import SnapshotRecorder, batches, make_model
+from tests.helpers import SnapshotRecorder, TinyBody, batches, make_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 BAD_KINDS = {"nonfinite", "exploding_gradient"}
@@ -75,12 +75,14 @@ def test_lightning_16_mixed_on_gpu_counts_real_overflows(tmp_path):
     pl = pytest.importorskip("lightning.pytorch")
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from tests.test_lightning import SnapshotRecorder as Recorder, TinyModule
     from torchhealth.integrations.lightning import TorchHealthCallback
 
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 24)
     callback = TorchHealthCallback(check_every=1, log_every=1, on_alert=[lambda a: None])
-    recorder, module, seen = Recorder(), TinyModule(), {"decreases": 0, "scale": scaler.get_scale()}
+    class TinyModule(TinyBody, pl.LightningModule):
+        pass
+
+    recorder, module, seen = SnapshotRecorder(), TinyModule(), {"decreases": 0, "scale": scaler.get_scale()}
 
     def on_fit_start():
         callback.monitor.metric_sinks.append(recorder)

@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
-from tests.test_monitor import run_with_events
 from torchhealth.collectors.activations import positive_counts
+
+from tests.helpers import run_with_events
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

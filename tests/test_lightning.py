@@ -6,57 +6,17 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
-import torchhealth.sinks.base  # noqa: E402
 from torchhealth.integrations.lightning import TorchHealthCallback  # noqa: E402
 from torchhealth.report import load_run  # noqa: E402
 
-from tests.helpers import scalar_tags  # noqa: E402
-
-
-class TinyBody:
-    """A tiny regression module's body, to combine with either Lightning package's LightningModule."""
-
-    def __init__(self, lr: float = 0.05, poison_after: int | None = None) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
-        self.lr = lr
-        self.poison_after = poison_after
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.mse_loss(self.net(x), y)
-        if self.poison_after is not None and self.global_step >= self.poison_after:
-            loss = loss * float("nan")
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-    def train_dataloader(self):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(64, 8, generator=g)
-        data = torch.utils.data.TensorDataset(x, x.sum(dim=1, keepdim=True))
-        return torch.utils.data.DataLoader(data, batch_size=8)
+from tests.helpers import SnapshotRecorder, TinyBody, scalar_tags  # noqa: E402
 
 
 class TinyModule(TinyBody, pl.LightningModule):
     pass
-
-
-class SnapshotRecorder(torchhealth.sinks.base.Sink):
-    def __init__(self) -> None:
-        self.snapshots = []
-
-    def write_snapshot(self, snapshot) -> None:
-        self.snapshots.append(snapshot)
 
 
 def trainer(tmp_path, callback, **kwargs):

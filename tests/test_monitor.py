@@ -17,6 +17,8 @@ from torchhealth import Alert, TrainingHealthError, TrainingHealthWarning
 from torchhealth.collectors.loss import LossCollector
 from torchhealth.detectors import Detector
 
+from tests.helpers import all_hooks, quiet_steps_tried, run_with_events
+
 
 class Fires(Detector):
     """Test detector raising one alert of the given severity at each check."""
@@ -40,10 +42,6 @@ def one_step(model, monitor):
     out = monitor.step(loss)
     model.zero_grad()
     return out
-
-
-def all_hooks(model):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
 def test_alert_record_fields():
@@ -207,66 +205,6 @@ def test_a_loss_changed_in_place_after_recording_keeps_its_recorded_value(strict
     monitor.flush()
     assert monitor.last_snapshot.loss == 1.5
     assert not monitor.loss_collector.tripped(), "the trip-wire saw the recorded value, not the scaled one"
-
-
-def quiet_steps_tried(monkeypatch) -> list[bool]:
-    """A list that gets, for each step that tries the quiet path, whether it was taken."""
-    taken: list[bool] = []
-    quiet_step = torchhealth.Monitor._quiet_step
-    monkeypatch.setattr(torchhealth.Monitor, "_quiet_step", lambda self, loss: taken.append(quiet_step(self, loss)) or taken[-1])
-    return taken
-
-
-def run_with_events(quiet_path: bool, monkeypatch, host_losses: bool = True, device: str = "cpu") -> tuple[list, list, list]:
-    """60 steps with events on steps between checks; returns (snapshots, alerts, each quiet step tried: taken?).
-
-    Events: loss spikes (the trip-wire forces a check at the next step), a validation loss, a
-    loss recorded with ``log_loss`` before a ``step()`` without one, a checkpoint saved and loaded
-    mid-interval, and a NaN loss. ``host_losses=False`` keeps the losses as on a GPU; ``device``
-    is where the model trains.
-    """
-    if not quiet_path:
-        monkeypatch.setattr(torchhealth.Monitor, "_quiet_steps_ahead", lambda self: 0)
-    if not host_losses:
-        monkeypatch.setattr(LossCollector, "_host_view", lambda self: None)
-    taken = quiet_steps_tried(monkeypatch)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    monitor = torchhealth.Monitor(model, opt, strict=True, check_every=5, log_every=10, sample_every=5,
-                                  on_alert=lambda a: None)
-    x, y = torch.randn(32, 6).to(device), torch.randint(0, 3, (32,)).to(device)
-    snapshots = []
-    for step in range(60):
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        if step == 23:
-            monitor.step(loss * 100)
-        elif step == 27:  # a spike recorded by log_loss, then a step() without a loss
-            monitor.log_loss(loss * 100)
-            monitor.step()
-        elif step == 36:
-            monitor.step(loss, val_loss=loss.detach() * 1.5)
-        elif step == 42:
-            monitor.log_loss(loss)
-            monitor.step()
-        elif step == 47:
-            state = monitor.state_dict()
-            monitor.step(loss)
-            monitor.load_state_dict(state)
-        elif step == 53:
-            monitor.step(loss * float("nan"))
-        else:
-            monitor.step(loss)
-        opt.step()
-        opt.zero_grad()
-        if monitor.last_snapshot is not None and (not snapshots or snapshots[-1] is not monitor.last_snapshot):
-            snapshots.append(monitor.last_snapshot)
-    alerts = [(a.kind, a.layer, a.step, a.severity) for a in monitor.alerts]
-    monitor.close()
-    with pytest.raises(RuntimeError, match="after close"):
-        monitor.step(loss)
-    return snapshots, alerts, taken
 
 
 @pytest.mark.parametrize("host_losses, dynamo", [(True, True), (False, True), (True, False)],

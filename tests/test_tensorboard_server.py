@@ -11,7 +11,7 @@ import pytest
 from torchhealth import cli
 from torchhealth.sinks.tensorboard import ALERTS_TAG, DASHBOARD
 
-from tests.tensorboard_server import ServerUnavailable, get_json, tensorboard_server
+from tools.tensorboard_server import ServerUnavailable, get_json, tensorboard_server
 
 
 def demo_run(log_dir: str) -> None:

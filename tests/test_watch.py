@@ -10,28 +10,9 @@ from torch import nn
 
 import torchhealth
 from torchhealth.amp import unscale_and_check
-from torchhealth.sinks.base import Sink
 from torchhealth.snapshot import TOTAL
 
-
-class SnapshotRecorder(Sink):
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.snapshots = []
-
-    def write_snapshot(self, snapshot) -> None:
-        self.snapshots.append(snapshot)
-
-
-def make_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-
-
-def batches(n: int):
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(6, 8, generator=g), torch.randn(6, 4, generator=g)) for _ in range(n)]
+from tests.helpers import SnapshotRecorder, batches, make_model
 
 
 def watched(model, opt, **kwargs):

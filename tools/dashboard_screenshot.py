@@ -18,7 +18,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.tensorboard_server import tensorboard_server  # noqa: E402
+from tools.tensorboard_server import tensorboard_server  # noqa: E402
 
 
 def main() -> int:
