@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any, Callable
+
 from torchhealth.detectors.alert import Alert
 from torchhealth.sinks.base import Sink
 from torchhealth.snapshot import Snapshot
@@ -15,6 +18,10 @@ TAG_PREFIX = "health"
 FLUSH_SECS = 10
 """The writer's background thread makes scalars durable at least this often (TensorBoard's default: 120)."""
 WRITER_QUEUE = 1000
+MAX_REOPENS = 5
+"""Times a failed writer is replaced by a new one (a new event file in the same run directory) before
+the sink gives up; TensorBoard reads every event file of a run directory as one run."""
+logger = logging.getLogger("torchhealth")
 ALERTS_TAG = f"{TAG_PREFIX}/alerts"
 DASHBOARD = {
     "Gradients": {
@@ -42,7 +49,10 @@ def scalar_tag(family: str, layer: str) -> str:
 class TensorBoardSink(Sink):
     """Writes with TensorBoard's own writer: one scalar tag per statistic and layer (never ``add_scalars``).
 
-    The writer is created on the first write, so a run that logs nothing leaves no empty files.
+    The writer is created on the first write, so a run that logs nothing leaves no empty files. A
+    write that fails (the run directory removed, the disk full for a moment) does not end the
+    dashboard: the failed writer is dropped and a new one, writing a new event file (and making the
+    directory again), takes the write, now or at the next write, up to ``MAX_REOPENS`` times.
     """
 
     name = "tensorboard"
@@ -50,6 +60,7 @@ class TensorBoardSink(Sink):
     def __init__(self, log_dir: str) -> None:
         self.log_dir = log_dir
         self._writer = None
+        self.reopens = 0  # writers replaced after a failed write
 
     @property
     def writer(self):
@@ -76,25 +87,62 @@ class TensorBoardSink(Sink):
             if value is not None:
                 values.append(Summary.Value(tag=f"{TAG_PREFIX}/{name}", simple_value=value))
         if values:
-            self.writer._get_file_writer().add_summary(Summary(value=values), snapshot.step)
+            self._write(lambda writer: writer._get_file_writer().add_summary(Summary(value=values), snapshot.step))
 
     def write_alerts(self, alerts: list[Alert]) -> None:
         from tensorboard.plugins.text.summary_v2 import text_pb
 
-        # TensorBoard's own text summary keeps the tag exactly (add_text would append "/text_summary").
-        for alert in alerts:
-            self.writer._get_file_writer().add_summary(text_pb(ALERTS_TAG, alert.to_markdown()), alert.step)
-        if any(a.severity == "critical" for a in alerts):
-            self.writer.flush()
+        def write(writer: Any) -> None:
+            # TensorBoard's own text summary keeps the tag exactly (add_text would append "/text_summary").
+            for alert in alerts:
+                writer._get_file_writer().add_summary(text_pb(ALERTS_TAG, alert.to_markdown()), alert.step)
+            if any(a.severity == "critical" for a in alerts):
+                writer.flush()
+
+        self._write(write)
 
     def flush(self) -> None:
         if self._writer is not None:
-            self._writer.flush()
+            self._write(lambda writer: writer.flush())
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def _write(self, write: Callable[[Any], None]) -> None:
+        """Runs ``write(writer)``; after a failure, again with a new writer (see the class docstring).
+
+        The writer's thread reports a failed write at the next call, so the event that failed may be
+        an earlier one: what was queued since the last flush can be lost, the run's later events are not.
+
+        Raises:
+            Exception: The write's error, once ``MAX_REOPENS`` new writers have failed too (the
+                monitor then switches the sink off, with the error in its message).
+        """
+        try:
+            write(self.writer)
+            return
+        except Exception as error:
+            self._drop_writer()
+            if self.reopens >= MAX_REOPENS:
+                raise
+            if self.reopens == 0:
+                logger.warning("torchhealth: writing TensorBoard events to %s failed (%s); a new event file takes "
+                               "over (at most %d times)", self.log_dir, error, MAX_REOPENS)
+            self.reopens += 1
+        try:  # the new writer makes the directory again; if it fails too, the next write tries another
+            write(self.writer)
+        except Exception:
+            self._drop_writer()
+
+    def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:  # its thread has stopped on the error, so closing does not wait; the flush in it fails again
+                writer.close()
+            except Exception:
+                pass
 
 
 def use_native_checksums() -> bool:
