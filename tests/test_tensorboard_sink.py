@@ -248,3 +248,28 @@ def test_a_run_directory_that_stays_unwritable_switches_the_sink_off_after_bound
     assert len([m for m in messages if "TensorBoard events" in m]) == 1
     assert len([m for m in messages if "sink tensorboard failed" in m]) == 1
     monitor.close()
+
+
+@pytest.mark.parametrize("batch, log_every", [(16, 100), (16, 70), (1024, 100), (1024, 30)])
+def test_dead_units_have_a_value_at_every_log_step_once_a_window_has_closed(tmp_path, batch, log_every):
+    """A window (1024 samples by default) closes on its own clock, rarely on a log step: with batch 16
+    it closes every 640 steps, and log steps at multiples of 100 (or 70) met it only at their common
+    multiples. Every log step from the first closed window on shows the latest window's value."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
+    with torch.no_grad():
+        model[0].bias[:16] = -50.0  # half the units never fire
+    steps = 1500 if batch == 16 else 200
+    with torchhealth.Monitor(model, log_dir=tmp_path, log_every=log_every, check_every=10,
+                             on_alert=lambda a: None) as monitor:
+        for _ in range(steps):
+            loss = F.cross_entropy(model(torch.randn(batch, 4)), torch.randint(0, 3, (batch,)))
+            loss.backward()
+            monitor.step(loss)
+            model.zero_grad()
+    samples_per_window = -(-1024 // batch) * 10  # sampled every 10th step: steps until a window closes
+    first_close = samples_per_window - 10 if batch == 16 else 0
+    log_steps = [s for s in range(0, steps, log_every) if s >= first_close]
+    written = load(str(tmp_path)).Scalars("health/dead_units/1")
+    assert [e.step for e in written if e.step in log_steps] == log_steps
+    assert all(e.value == pytest.approx(0.5) for e in written)

@@ -23,6 +23,10 @@ class Snapshot:
             snapshot. Sources are ``"loss"``, ``"grad:<layer>"`` and ``"activation:<layer>"``.
         skipped_steps: Optimizer steps that AMP's GradScaler skipped since the last snapshot.
         window_samples: Samples behind the ``dead_units`` values (present only when a window closed).
+        held: ``{family: {layer: value}}``: each layer's latest closed window's value of windowed
+            families (``dead_units``). Sinks show them where ``stats`` has no value (``shown``), so
+            that a chart has a value at every log step once the statistic exists; detectors read
+            ``stats`` only, which holds a window's value at the check where it closed.
     """
 
     step: int
@@ -32,7 +36,17 @@ class Snapshot:
     nonfinite: dict[str, int] = field(default_factory=dict)
     skipped_steps: int = 0
     window_samples: int = 0
+    held: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def family(self, name: str) -> dict[str, float]:
         """Returns one statistic family (empty dict when absent)."""
         return self.stats.get(name, {})
+
+    def shown(self) -> dict[str, dict[str, float]]:
+        """What a sink shows: ``stats``, plus ``held`` values for layers that ``stats`` lacks."""
+        if not self.held:
+            return self.stats
+        shown = {family: dict(layers) for family, layers in self.stats.items()}
+        for family, layers in self.held.items():
+            shown[family] = {**layers, **shown.get(family, {})}
+        return shown

@@ -149,6 +149,9 @@ class ActivationCollector(Collector):
         self._hooks_ran = False  # an activation hook ran in this step's sampled forwards
         self._unseen_forwards = 0  # sampled steps in a row in which none ran
         self._warned_unseen = False
+        # each site's latest closed window's dead share, shown at every log step; replaced, never changed in
+        # place, so that every snapshot can hold it without a copy
+        self._dead_shares: dict[str, float] = {}
         self._update_hooks()
 
     @property
@@ -510,12 +513,15 @@ class ActivationCollector(Collector):
                 fires = state["fires"] + positive  # per unit, over the window
                 share = np.add.reduceat((fires == 0).astype(np.float64), starts) / units
                 file_values(snapshot, "dead_units", compress(names, dead), share[dead])
+                self._dead_shares = {**self._dead_shares, **snapshot.stats["dead_units"]}
                 snapshot.window_samples = max(snapshot.window_samples, int(samples[dead].max()))
             # the device state holds exactly this window: later forwards are in ``positive`` until the next check
             if len(closed) == len(order) and self._tensors is read:  # the usual case: every window closes together
                 read.window.zero_()
             else:
                 torch._foreach_zero_([site.fires for site in closed])
+        if self._dead_shares:
+            snapshot.held["dead_units"] = self._dead_shares
         markers = state["markers"].reshape(len(order), -1)
         if not np.isfinite(markers.sum()):  # some step saw a non-finite output (a sum of finite maxima rarely overflows)
             for site, offset in zip(order, first_nonfinite(markers).tolist()):

@@ -81,7 +81,7 @@ class TensorBoardSink(Sink):
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         values = [Summary.Value(tag=scalar_tag(family, layer), simple_value=value)
-                  for family, layers in snapshot.stats.items() for layer, value in layers.items()]
+                  for family, layers in snapshot.shown().items() for layer, value in layers.items()]
         for name in ("loss", "val_loss"):
             value = getattr(snapshot, name)
             if value is not None:
