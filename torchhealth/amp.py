@@ -8,9 +8,12 @@ Those skips are how AMP finds its scale, not exploding gradients, so the monitor
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import torch
+
+logger = logging.getLogger("torchhealth")
 
 try:
     from torch.amp.grad_scaler import OptState
@@ -42,6 +45,39 @@ def unscale_and_check(scaler: Any, optimizer: torch.optim.Optimizer) -> bool:
         state = _optimizer_state(scaler, optimizer)
     found = state.get("found_inf_per_device", {}) if state else {}
     return bool(sum(float(v.item()) for v in found.values()))
+
+
+def gradient_scale(scaler: Any, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """The factor ``optimizer``'s gradients are multiplied by now, as a device tensor; None when 1.
+
+    For ``monitor.step`` called between ``scaler.scale(loss).backward()`` and ``scaler.step``: the
+    gradients are scaled unless the loop already called ``scaler.unscale_(optimizer)``. The monitor
+    divides the norms it computes by this factor instead of unscaling the gradients itself, which
+    would make the loop's own later ``unscale_`` (for clipping) raise. No host synchronization.
+    """
+    if scaler is None or not scaler.is_enabled():
+        return None
+    state = _optimizer_state(scaler, optimizer)
+    if state is not None and state.get("stage") is OptState.UNSCALED:
+        return None
+    scale = getattr(scaler, "_scale", None)
+    if isinstance(scale, torch.Tensor):
+        return scale
+    return None if scale is None else torch.tensor(float(scaler.get_scale()))
+
+
+def overflow_hint(snapshot: Any) -> str | None:
+    """What to tell a loop under fp16 autocast that did not pass its GradScaler, when ``snapshot``
+    looks like the scaler's search for its scale (non-finite gradients, finite loss and forward); else None."""
+    sources = snapshot.nonfinite
+    if not sources or not all(source.startswith("grad:") for source in sources):
+        return None
+    first = min(sources.values())
+    return (f"torchhealth: gradients were non-finite at step {first} while the loss and activations were finite, "
+            "in a run under fp16 autocast. With a GradScaler that is how it finds its scale (it skips those "
+            "steps), and the monitor also read every gradient multiplied by the scale. Pass the scaler: "
+            "torchhealth.Monitor(model, optimizer, scaler=scaler), or torchhealth.watch(model, optimizer, "
+            "scaler=scaler); then skipped steps are counted and gradients read unscaled.")
 
 
 def check_scaler(scaler: Any) -> None:

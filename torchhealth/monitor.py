@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from torchhealth import distributed
+from torchhealth.amp import check_scaler, gradient_scale
 from torchhealth.collectors import ActivationCollector, Collector, GradientCollector, LossCollector, WeightCollector
 from torchhealth.collectors.steps import SkippedStepCollector
 from torchhealth.detectors import Alert, Detector, default_detectors
@@ -61,6 +62,10 @@ class Monitor:
             files (docs/distributed.md).
         optimizer: Its optimizer; enables measured update/weight ratios and learning-rate advice.
         log_dir: Directory for TensorBoard event files and ``alerts.jsonl``; None writes no files.
+        scaler: AMP's ``torch.amp.GradScaler``, when the loop calls ``step`` between
+            ``scaler.scale(loss).backward()`` and ``scaler.step(optimizer)``: gradients are then read
+            unscaled, and the steps the scaler skips are counted (``Snapshot.skipped_steps``) rather
+            than read as non-finite gradients. Needs ``optimizer``. bf16 autocast needs nothing.
         **options: See ``MonitorOptions`` (``check_every``, ``log_every``, ``sample_every``,
             ``window_samples``, ``on_alert``, ``strict``, ...).
 
@@ -70,11 +75,16 @@ class Monitor:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 log_dir: str | os.PathLike | None = None, **options: Any) -> None:
+                 log_dir: str | os.PathLike | None = None, scaler: Any = None, **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        if scaler is not None:
+            check_scaler(scaler)
+            if optimizer is None:
+                raise ValueError("scaler= needs the optimizer that the scaler steps: "
+                                 "torchhealth.Monitor(model, optimizer, scaler=scaler)")
         self.options = MonitorOptions.from_kwargs(**options)
         self.model = model
         self.optimizer = optimizer
@@ -104,13 +114,16 @@ class Monitor:
         self.loss_collector = LossCollector(device, self.options.check_every, tripwire=self.world_size == 1)
         copies = distributed.replica_counts(model, params)
         self.weights = WeightCollector(params, device, copies) if optimizer is not None else None
+        scale = (lambda: gradient_scale(scaler, optimizer)) if scaler is not None else None
         self.collectors: dict[str, Collector] = {
             "loss": self.loss_collector,
-            "gradients": GradientCollector(params, device, self.options.per_parameter, copies),
+            "gradients": GradientCollector(params, device, self.options.per_parameter, copies, scale),
         }
         if self.weights is not None:
             self.collectors["weights"] = self.weights
-        self.skipped_steps = SkippedStepCollector()
+        self.skipped_steps = SkippedStepCollector(
+            scaler, optimizer, self.guard.wrap("amp", self._scaler_skipped),
+            under_fp16_autocast=lambda: self.activations.under_fp16_autocast)
         self.collectors["skipped_steps"] = self.skipped_steps
 
         self.detectors: list[Detector] = default_detectors(self.options)
@@ -296,6 +309,11 @@ class Monitor:
     def record_skipped_step(self) -> None:
         """Counts an optimizer step that AMP's GradScaler skipped; call it instead of ``step``."""
         self.guard.call("collector skipped_steps", self.skipped_steps.record)
+
+    def _scaler_skipped(self) -> None:
+        """After ``scaler.step`` skipped the step that ``step()`` just recorded (``Monitor(scaler=)``)."""
+        if self.weights is not None and self.step_count % self.options.log_every == 0:
+            self.weights.forget_update()  # that step copied the weights to measure its update, which never came
 
     def attach(self, driver: Any) -> None:
         """Keeps ``driver`` (anything with ``close()``, e.g. hooks that call ``step``) until ``close``."""

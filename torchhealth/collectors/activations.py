@@ -149,6 +149,7 @@ class ActivationCollector(Collector):
         self._hooks_ran = False  # an activation hook ran in this step's sampled forwards
         self._unseen_forwards = 0  # sampled steps in a row in which none ran
         self._warned_unseen = False
+        self.under_fp16_autocast = False  # a sampled forward ran under fp16 autocast (AMP's GradScaler hint)
         # each site's latest closed window's dead share, shown at every log step; replaced, never changed in
         # place, so that every snapshot can hold it without a copy
         self._dead_shares: dict[str, float] = {}
@@ -231,6 +232,9 @@ class ActivationCollector(Collector):
         if not self._sampling:
             return
         self._calls.clear()
+        if not self.under_fp16_autocast and not torch.compiler.is_compiling():
+            self.under_fp16_autocast = any(torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+                                           for device in ("cuda", "cpu"))
         # Not again once part of the model is compiled: its graphs guard on the global hooks and the
         # function mode, and new ones at every sampled forward would recompile it every time.
         if not (self._discovering or (self._functional and self._functional_seen and not self._compiled)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Callable
 
 import numpy as np
 import torch
@@ -86,11 +87,23 @@ class LayerIndex:
 
 
 class GradientCollector(Collector):
-    """Per-parameter, per-layer and total gradient L2 norms, computed only on check steps."""
+    """Per-parameter, per-layer and total gradient L2 norms, computed only on check steps.
+
+    Args:
+        params: ``(name, layer, parameter)`` entries as from ``layers.parameter_layers``.
+        device: Where the norms are computed.
+        per_parameter: Also file each parameter's norm (``param_grad_norm``).
+        copies: How many ranks hold each parameter (``distributed.replica_counts``).
+        scale: For AMP's GradScaler in a loop that calls ``monitor.step`` itself: returns the
+            factor the gradients carry now (a device tensor, or None when they are unscaled).
+            Norms are divided by it, and non-finite gradients are the scaler's overflow, a step it
+            skips: that check files no gradient statistics instead of a non-finite gradient.
+    """
 
     def __init__(self, params: list[ParamEntry], device: torch.device, per_parameter: bool = True,
-                 copies: list[float] | None = None) -> None:
+                 copies: list[float] | None = None, scale: Callable[[], torch.Tensor | None] | None = None) -> None:
         self.params = params
+        self.scale = scale
         self.device = device
         self.per_parameter = per_parameter
         self.index = LayerIndex(params, copies)
@@ -115,12 +128,20 @@ class GradientCollector(Collector):
             present = self._all_present
         if self._sharded:  # FSDP2: the rank-local shards
             grads = [local_tensor(g) for g in grads]
-        return {"sq": (squared_norms(grads, self.device), "sum"), "present": (present, "sum")}
+        sq = squared_norms(grads, self.device)
+        factor = self.scale() if self.scale is not None else None
+        if factor is not None:
+            factor = factor.to(sq.device, non_blocking=True)
+            sq = sq.div(factor).div_(factor)  # not by its square, which overflows float32 for scales past 2**64
+        return {"sq": (sq, "sum"), "present": (present, "sum")}
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
         if "sq" not in state:
             return
         sq, present = self.index.whole(state["sq"]), state["present"] > 0
+        total = float(sq.sum())
+        if self.scale is not None and not math.isfinite(total):
+            return  # the scaler's overflow: it skips this step (counted in ``Snapshot.skipped_steps``)
         everywhere = present.all()
         norms = np.sqrt(self.index.per_layer(sq))
         if everywhere:  # the usual case: no masks to build
@@ -130,7 +151,6 @@ class GradientCollector(Collector):
             layers, norms = [layer for layer, ok in zip(self.index.layers, has) if ok], norms[has]
             names, param_sq = [name for name, ok in zip(self.names, present) if ok], sq[present]
         file_values(snapshot, "grad_norm", layers, norms)
-        total = float(sq.sum())
         if everywhere or present.any():
             file_values(snapshot, "grad_norm", [TOTAL], [math.sqrt(total)])
         if self.per_parameter:

@@ -48,6 +48,10 @@ class WeightCollector(Collector):
                 torch._foreach_copy_(self._buffers, local)
         self._before = self._buffers
 
+    def forget_update(self) -> None:
+        """Drops the weights ``remember_weights`` copied: the optimizer step after it did not run."""
+        self._before = None
+
     def state(self) -> State:
         if not self.params:
             return {}
