@@ -159,3 +159,17 @@ def test_scaler_is_validated_at_construction():
     assert "step" in scaler.__dict__
     monitor.close()
     assert "step" not in scaler.__dict__, "close() gives the scaler its own step back"
+
+
+def test_a_disabled_scaler_leaves_a_real_nan_gradient_an_alert():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)  # the fp32 run of an AMP script
+    alerts = []
+    monitor = torchhealth.Monitor(model, opt, scaler=scaler, check_every=1, log_every=1, on_alert=alerts.append)
+    loss = F.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,)))
+    scaler.scale(loss).backward()
+    model[2].weight.grad[0, 0] = float("nan")
+    monitor.step(loss)
+    monitor.close()
+    assert [a.kind for a in alerts] == ["nonfinite"]

@@ -114,7 +114,8 @@ class Monitor:
         self.loss_collector = LossCollector(device, self.options.check_every, tripwire=self.world_size == 1)
         copies = distributed.replica_counts(model, params)
         self.weights = WeightCollector(params, device, copies) if optimizer is not None else None
-        scale = (lambda: gradient_scale(scaler, optimizer)) if scaler is not None else None
+        # a disabled scaler (GradScaler(enabled=False) for fp32 runs of the same script) never skips: NaN is NaN
+        scale = (lambda: gradient_scale(scaler, optimizer)) if scaler is not None and scaler.is_enabled() else None
         self.collectors: dict[str, Collector] = {
             "loss": self.loss_collector,
             "gradients": GradientCollector(params, device, self.options.per_parameter, copies, scale),
