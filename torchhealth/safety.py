@@ -14,11 +14,14 @@ class Guard:
 
     The first exception of a part is logged with its traceback and the part is switched off;
     later calls to it return the default at once. With ``strict=True`` exceptions propagate.
+    ``errors`` keeps each failed part's exception as one line (``"ValueError: ..."``): under
+    torch.distributed the monitor tells the other ranks, which switch the part off too.
     """
 
     def __init__(self, strict: bool = False) -> None:
         self.strict = strict
         self.disabled: set[str] = set()
+        self.errors: dict[str, str] = {}
 
     def call(self, part: str, fn: Callable[..., T], *args: Any, default: T = None, **kwargs: Any) -> T:  # type: ignore[assignment]
         """Calls ``fn(*args, **kwargs)`` as part ``part``; returns ``default`` if the part is off or fails."""
@@ -26,10 +29,11 @@ class Guard:
             return default
         try:
             return fn(*args, **kwargs)
-        except Exception:
+        except Exception as exc:
             if self.strict:
                 raise
             self.disabled.add(part)
+            self.errors[part] = f"{type(exc).__name__}: {exc}"
             logger.exception("torchhealth: %s failed and is switched off; training continues", part)
             return default
 
