@@ -96,13 +96,13 @@ class Monitor:
         self._attached: list[Any] = []
 
         inner = unwrap(model)
-        self.facts = ModelFacts.from_model(inner, optimizer)
         params = list(parameter_layers(inner))
+        copies = distributed.replica_counts(model, params)
+        self.facts = ModelFacts.from_model(inner, optimizer)
         device = params[0][2].device if params else torch.device("cpu")
         # The trip-wire decides on one rank's loss; under torch.distributed every rank must check at
         # the same steps (a check is a collective), so there checks follow the schedule alone.
         self.loss_collector = LossCollector(device, self.options.check_every, tripwire=self.world_size == 1)
-        copies = distributed.replica_counts(model, params)
         self.weights = WeightCollector(params, device, copies) if optimizer is not None else None
         self.collectors: dict[str, Collector] = {
             "loss": self.loss_collector,
@@ -123,7 +123,11 @@ class Monitor:
             inner, self.facts, self.options.check_every, self.options.window_samples,
             functional=self.options.functional_activations, guard=self.guard)
         self.collectors["activations"] = self.activations
+        self._collector_names = list(self.collectors)
         self._failed_parts = 0
+        # under torch.distributed, what every rank has agreed the reduced state looks like
+        self._agreement = distributed.LayoutAgreement(self.guard, self.facts, self._parts,
+                                                      self._retire_failed_collectors) if self.world_size > 1 else None
         # delivered by the first step(), so that load_state_dict() can drop those a resumed run already sent
         self._static_alerts = [a for d in self.detectors
                                for a in self.guard.call(f"detector {d.kind}", d.static_check, inner, self.facts,
@@ -150,7 +154,7 @@ class Monitor:
             raise RuntimeError("Monitor.step() was called after close(); create a new Monitor to keep watching")
         if len(self.guard.disabled) != self._failed_parts:
             self._retire_failed_collectors()
-        if "check" in self.guard.disabled:  # monitoring has failed and stopped: cost nothing from now on
+        if self._checks_off():  # monitoring has failed and stopped: cost nothing from now on
             self.step_count += 1
             return []
         if self._static_alerts:
@@ -173,7 +177,10 @@ class Monitor:
         forced = not scheduled and tripped and self._forced_checks < MAX_FORCED_CHECKS
         self._forced_checks += forced
         if scheduled or forced:
-            new += self.guard.call("check", self._check, step, default=[])
+            if "check" in self.guard.disabled:  # failed on this rank only so far: the others learn it now
+                self.guard.call("check agreement", self._agreement.reduce, self._scheduled(step), {}, {})
+            else:
+                new += self.guard.call("check", self._check, step, default=[])
         if self.weights is not None and (step + 1) % self.options.log_every == 0:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
@@ -342,19 +349,35 @@ class Monitor:
     def _check(self, step: int, final: bool = False) -> list[Alert]:
         """Starts a check at ``step``; returns its alerts now, or [] while its copy from a GPU is in flight."""
         self._reading = self._start_check(step, final)
+        if self._reading is None:  # checks were switched off on every rank
+            return []
         if self._reading.copy.in_flight and not final:
             return []  # read by the next step(): the GPU runs on meanwhile instead of waiting for the host
         return self._finish_check()
 
-    def _start_check(self, step: int, final: bool) -> _Reading:
-        """Device side of a check: raw state, one all-reduce, one copy to the host, reset."""
+    def _scheduled(self, step: int, final: bool = False) -> list[str]:
+        """The collectors a check at ``step`` reads, by name (the same on every rank)."""
         logging = step % self.options.log_every == 0 or final
         # Weight norms and update ratios are read on log steps only: they cost several passes over
         # the parameters, and no detector needs them between two TensorBoard writes.
-        collectors = {name: c for name, c in self.collectors.items() if logging or c is not self.weights}
-        state = {(name, key): value for name, c in collectors.items()
-                 for key, value in self.guard.call(f"collector {name}", c.state, default={}).items()}
-        reduced = distributed.reduce_state(state)
+        return [name for name in self._collector_names if logging or name != "weights"]
+
+    def _start_check(self, step: int, final: bool) -> _Reading | None:
+        """Device side of a check: raw state, one all-reduce, one copy to the host, reset.
+
+        None when the ranks have just switched checks off (a check failed on one of them).
+        """
+        logging = step % self.options.log_every == 0 or final
+        scheduled = self._scheduled(step, final)
+        collectors = {name: self.collectors[name] for name in scheduled if name in self.collectors}
+        state = {name: self.guard.call(f"collector {name}", c.state, default={}) for name, c in collectors.items()}
+        if self._agreement is None:
+            reduced = {(name, key): values for name, entries in state.items() for key, (values, _) in entries.items()}
+        else:  # the same layout on every rank first (an activation site that only some ranks ran, a failed part)
+            reduced = self._agreement.reduce(scheduled, collectors, state)
+            if reduced is None:
+                return None
+            collectors = {name: c for name, c in collectors.items() if name in self.collectors}
         keys = list(reduced)
         copy = HostCopy([reduced[key] for key in keys])
         for name, collector in collectors.items():  # after the copy has been queued: it reads the state
@@ -412,16 +435,25 @@ class Monitor:
         function mode.
         """
         self._failed_parts = len(self.guard.disabled)
-        checks_off = "check" in self.guard.disabled  # nothing would ever read the collectors again
+        checks_off = self._checks_off()  # nothing would ever read the collectors again
         if checks_off:
             self._reading = None
         for name, collector in list(self.collectors.items()):
-            parts = [f"collector {name}"] + (["activation hooks"] if collector is self.activations else [])
-            if checks_off:
-                parts.append("check")
-            if any(part in self.guard.disabled for part in parts):
+            if any(part in self.guard.disabled for part in self._parts(name, checks_off)):
                 del self.collectors[name]
                 self.guard.call(f"collector {name} close", collector.close)
+
+    def _parts(self, name: str, checks: bool = True) -> list[str]:
+        """The guarded parts whose failure switches collector ``name`` off (``checks``: "check" too)."""
+        return [f"collector {name}"] + (["activation hooks"] if name == "activations" else []) + (["check"] if checks else [])
+
+    def _checks_off(self) -> bool:
+        """Whether checks have failed and stopped. Under torch.distributed only once every rank knows:
+        a rank whose check failed still joins the next check's collective, to tell the others."""
+        if "check" not in self.guard.disabled:
+            return False
+        agreement = self._agreement
+        return agreement is None or "check" in agreement.off or "check agreement" in self.guard.disabled
 
     # -- wiring ------------------------------------------------------------------------------------
     def _build_sinks(self) -> None:
