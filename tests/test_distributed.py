@@ -228,6 +228,22 @@ def test_a_monitor_on_the_wrapper_and_one_on_the_module_inside_it_work_together(
     assert rank0["snapshots"] == rank1["snapshots"] == run[1][0]["ddp_data"]["snapshots"][:3]
 
 
+@pytest.mark.parametrize("case, names", [("check_every", ["check_every (rank 0: 5, rank 1: 10)"]),
+                                         ("optimizer", ['optimizer (rank 0: "SGD", rank 1: null)']),
+                                         ("model", ["parameters (rank 0: \"4 tensors", "rank 1: \"6 tensors"])])
+def test_monitors_that_differ_between_ranks_are_refused_on_every_rank(run, case, names):
+    for rank in (0, 1):
+        refused = run[1][rank]["refused"][case]
+        assert refused["error"] == "ValueError" and all(name in refused["message"] for name in names), refused
+
+
+def test_a_monitor_made_on_one_rank_only_says_so_instead_of_hanging(run):
+    refused = run[1][0]["refused"]
+    assert refused["one_rank_only"]["error"] == "RuntimeError"
+    assert "rank(s) [1] created no matching monitor" in refused["one_rank_only"]["message"]
+    assert refused["passed_barrier"] and run[1][1]["refused"]["passed_barrier"]
+
+
 def test_only_rank0_writes_files(run):
     out, ranks = run
     pid0, pid1 = ranks[0]["pid"], ranks[1]["pid"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import math
+from datetime import timedelta
 from typing import Any, Callable, Hashable
 
 import numpy as np
@@ -174,6 +177,71 @@ def _describe(collector: Any, state: dict[str, tuple[torch.Tensor | np.ndarray, 
     if collector is None or state is None:
         return None
     return tuple((key, tuple(values.shape), op) for key, (values, op) in state.items()), collector.layout()
+
+
+HANDSHAKE_TIMEOUT = 300.0
+"""Seconds a new monitor waits for the other ranks' monitors before it says which ranks made none."""
+_monitors_made = itertools.count()
+
+
+def handshake(description: dict[str, Any], timeout: float | None = None) -> None:
+    """Checks at construction that every rank makes a monitor, and makes it alike.
+
+    Every rank publishes ``description`` (the options that set the schedule and the layout of the
+    reduced state, and a fingerprint of the model and optimizer) in the process group's store and
+    reads the others'; the store is not a collective, so a rank that makes no monitor does not
+    leave the others waiting forever in one: after ``timeout`` seconds they raise instead.
+
+    Raises:
+        RuntimeError: When some rank has made no monitor within ``timeout`` seconds.
+        ValueError: When the ranks' descriptions differ (names what differs, on which ranks).
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return
+    timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
+    mine = json.dumps(description, sort_keys=True, default=str)
+    store = getattr(dist.distributed_c10d, "_get_default_store", None)  # private: a torch without it gathers
+    if store is None:  # pragma: no cover - every torch this project supports has it
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, mine)
+    else:
+        gathered = _exchange_through_store(store(), mine, rank, world, timeout)
+    everyone = [json.loads(theirs) for theirs in gathered]
+    differences = []
+    for field in sorted(set().union(*everyone)):
+        values = [theirs.get(field) for theirs in everyone]
+        if any(value != values[0] for value in values):
+            shown = ", ".join(f"rank {r}: {_short(value)}" for r, value in enumerate(values))
+            differences.append(f"{field} ({shown})")
+    if differences:
+        raise ValueError(
+            "torchhealth.Monitor must be created alike on every rank, but these differ between ranks: "
+            + "; ".join(differences) + ". Pass the same options, the same model (wrapped the same way) "
+            "and an optimizer on every rank or on none: every check reduces the statistics of all "
+            "ranks together, on the same schedule.")
+
+
+def _exchange_through_store(store: Any, mine: str, rank: int, world: int, timeout: float) -> list[str]:
+    """Every rank's ``mine``, through the process group's store; RuntimeError naming the ranks that gave none."""
+    prefix = f"torchhealth/monitor{next(_monitors_made)}/"
+    store.set(prefix + str(rank), mine)
+    keys = [prefix + str(r) for r in range(world)]
+    try:
+        store.wait(keys, timedelta(seconds=timeout))
+    except RuntimeError as exc:  # DistStoreError: timed out
+        missing = [r for r, key in enumerate(keys) if not store.check([key])]
+        raise RuntimeError(
+            f"torchhealth.Monitor was created on rank {rank}, but rank(s) {missing} created no matching monitor "
+            f"within {timeout:.0f}s. Under torch.distributed every rank must create its monitor (the same "
+            f"number of them, in the same order) and call step() at the same steps: each check is a "
+            f"collective. Create it on every rank, or on none.") from exc
+    return [store.get(key).decode() for key in keys]
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 from typing import Any
@@ -58,7 +59,8 @@ class Monitor:
         model: The module to watch (DDP/FSDP wrappers are looked through). Under torch.distributed,
             create the monitor on every rank after wrapping and call ``step`` on every rank: each
             check reduces the statistics across ranks in one collective, and only rank 0 writes
-            files (docs/distributed.md).
+            files (docs/distributed.md). Construction checks that every rank made one, alike
+            (RuntimeError naming the ranks that made none, ValueError naming what differs).
         optimizer: Its optimizer; enables measured update/weight ratios and learning-rate advice.
         log_dir: Directory for TensorBoard event files and ``alerts.jsonl``; None writes no files.
         **options: See ``MonitorOptions`` (``check_every``, ``log_every``, ``sample_every``,
@@ -98,6 +100,8 @@ class Monitor:
         inner = unwrap(model)
         params = list(parameter_layers(inner))
         copies = distributed.replica_counts(model, params)
+        # before anything that issues a collective (facts of sharded weights) or puts hooks on the model
+        distributed.handshake(self._fingerprint(params, copies))
         self.facts = ModelFacts.from_model(inner, optimizer)
         device = params[0][2].device if params else torch.device("cpu")
         # The trip-wire decides on one rank's loss; under torch.distributed every rank must check at
@@ -454,6 +458,22 @@ class Monitor:
             return False
         agreement = self._agreement
         return agreement is None or "check" in agreement.off or "check agreement" in self.guard.disabled
+
+    def _fingerprint(self, params: list[tuple[str, str, torch.Tensor]], copies: list[float]) -> dict[str, Any]:
+        """What must be alike on every rank (``distributed.handshake``): the options that set the
+        schedule and the layout of the reduced state, the parameters and how many ranks hold each,
+        and the optimizer."""
+        options = self.options
+        names = "\n".join(name for name, _, _ in params)
+        return {
+            "check_every": options.check_every, "log_every": options.log_every, "sample_every": options.sample_every,
+            "window_samples": options.window_samples, "strict": options.strict,
+            "functional_activations": options.functional_activations, "per_parameter": options.per_parameter,
+            "on_alert raises": "raise" in [h for h in alert_handlers(options.on_alert) if isinstance(h, str)],
+            "parameters": f"{len(params)} tensors, names {hashlib.sha1(names.encode()).hexdigest()[:12]}",
+            "ranks holding each parameter": hashlib.sha1(repr(copies).encode()).hexdigest()[:12],
+            "optimizer": type(self.optimizer).__name__ if self.optimizer is not None else None,
+        }
 
     # -- wiring ------------------------------------------------------------------------------------
     def _build_sinks(self) -> None:

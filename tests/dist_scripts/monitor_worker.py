@@ -524,6 +524,35 @@ def scenario_wrapped_differently(rank, world, out_dir, counter):
     return record
 
 
+def refused(make) -> dict:
+    """What making a monitor raised: ``{"error": type, "message": ...}`` (``{"error": None}`` if it did not)."""
+    try:
+        make().close()
+    except (ValueError, RuntimeError) as error:
+        return {"error": type(error).__name__, "message": str(error)}
+    return {"error": None}
+
+
+def scenario_refused(rank, world, out_dir, counter):
+    """Monitors that cannot work alike on every rank are refused at construction, on every rank."""
+    record = {"check_every": refused(lambda: torchhealth.Monitor(make_model(), check_every=5 * (rank + 1))),
+              "optimizer": refused(lambda: torchhealth.Monitor(
+                  make_model(), optimizer=torch.optim.SGD(make_model().parameters(), lr=0.1) if rank == 0 else None))}
+    other = make_model() if rank == 0 else nn.Sequential(*make_model(), nn.ReLU(), nn.Linear(2, 2))
+    record["model"] = refused(lambda: torchhealth.Monitor(other))
+    dist.barrier()
+    # rank 0 alone makes one: it must say so instead of waiting in the first check's collective
+    if rank == 0:
+        torchhealth.distributed.HANDSHAKE_TIMEOUT, timeout = 3.0, torchhealth.distributed.HANDSHAKE_TIMEOUT
+        record["one_rank_only"] = refused(lambda: torchhealth.Monitor(make_model()))
+        torchhealth.distributed.HANDSHAKE_TIMEOUT = timeout
+    else:
+        next(torchhealth.distributed._monitors_made)  # keeps this process's count of monitors in step
+    dist.barrier()
+    record["passed_barrier"] = True
+    return record
+
+
 SCENARIOS = {
     "ddp_data": scenario_ddp_data,
     "fault_every_rank": lambda r, w, o, c: scenario_fault(r, w, o, c, "fault_every_rank", range(w)),
@@ -543,6 +572,7 @@ SCENARIOS = {
     "check_fails": lambda *a: scenario_fails_on_one_rank(*a, "check_fails", lambda m: m, "_finish_check"),
     "nan_raise": scenario_nan_raise,
     "wrapped_differently": scenario_wrapped_differently,
+    "refused": scenario_refused,
 }
 
 
