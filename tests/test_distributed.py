@@ -205,6 +205,10 @@ def test_a_collector_failing_on_one_rank_is_switched_off_on_every_rank_at_the_sa
     said = [m for m in rank0["log"] if "collector gradients" in m]
     assert len(said) == 1 and "rank 1: RuntimeError: injected failure in collector_fails" in said[0], rank0["log"]
     assert "every rank" in said[0]
+    # the failing rank logged its own traceback, naming itself; rank 0 logged nothing else about it
+    assert [m for m in rank1["log"] if "collector gradients" in m] == [
+        "torchhealth: collector gradients failed on rank 1 and is switched off; every rank switches it off at the "
+        "next check; training continues"]
 
 
 def test_a_check_failing_on_one_rank_stops_checks_on_every_rank_at_the_next_check(run):

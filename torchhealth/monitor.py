@@ -83,7 +83,7 @@ class Monitor:
         self.rank, self.world_size = distributed.rank_and_world()
         self.log_dir = _writable_dir(log_dir) if log_dir is not None and self.rank == 0 else (
             os.fspath(log_dir) if log_dir is not None else None)
-        self.guard = Guard(self.options.strict)
+        self.guard = Guard(self.options.strict, self.rank if self.world_size > 1 else None)
         self.alerts: list[Alert] = []
         self.step_count = 0
         self._interval_start = 0

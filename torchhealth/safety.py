@@ -18,8 +18,10 @@ class Guard:
     torch.distributed the monitor tells the other ranks, which switch the part off too.
     """
 
-    def __init__(self, strict: bool = False) -> None:
+    def __init__(self, strict: bool = False, rank: int | None = None) -> None:
+        """``rank``: this process's rank under torch.distributed (named in the log), else None."""
         self.strict = strict
+        self.rank = rank
         self.disabled: set[str] = set()
         self.errors: dict[str, str] = {}
 
@@ -34,7 +36,11 @@ class Guard:
                 raise
             self.disabled.add(part)
             self.errors[part] = f"{type(exc).__name__}: {exc}"
-            logger.exception("torchhealth: %s failed and is switched off; training continues", part)
+            if self.rank is None:
+                logger.exception("torchhealth: %s failed and is switched off; training continues", part)
+            else:
+                logger.exception("torchhealth: %s failed on rank %d and is switched off; every rank switches it "
+                                 "off at the next check; training continues", part, self.rank)
             return default
 
     def wrap(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
