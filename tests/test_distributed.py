@@ -31,7 +31,8 @@ DDP_SCENARIOS = ["ddp_data", "fault_every_rank", "fault_one_rank", "dead_everywh
 DRIVEN_SCENARIOS = ["watch_accumulate"]  # no log_dir
 FSDP_SCENARIOS = ["fsdp2", "fsdp1", "hsdp"]
 # models whose structure differs between ranks, parts that fail on one rank (the layout agreement)
-UNEVEN_SCENARIOS = ["moe", "lazy_branch", "collector_fails", "check_fails", "nan_raise", "wrapped_differently"]
+UNEVEN_SCENARIOS = ["moe", "lazy_branch", "collector_fails", "hooks_fail", "check_fails", "nan_raise",
+                    "wrapped_differently"]
 ALL_TRAINING = DDP_SCENARIOS + DRIVEN_SCENARIOS + FSDP_SCENARIOS + UNEVEN_SCENARIOS
 
 # (all_reduce calls, collectives on the group) of a check at which the ranks exchange layouts. The
@@ -44,6 +45,7 @@ AGREEING_CHECKS = {
     "moe": {0: MERGE},  # each rank has its own expert's sites from the first forward
     "lazy_branch": {0: EXCHANGE, 10: MERGE},  # rank 1 runs the branch from step 7; rank 0's (13) fills placeholders
     "collector_fails": {0: EXCHANGE, 10: EXCHANGE},  # rank 1's gradient collector fails at 10
+    "hooks_fail": {0: EXCHANGE, 10: EXCHANGE},  # rank 1's activation hooks fail in step 10's forward
     # rank 1's check at 10 fails after its all-reduce; at 15 the ranks agree to stop checking (no data round)
     "check_fails": {0: EXCHANGE, 15: (1, 3), 20: (0, 0)},
 }
@@ -209,6 +211,17 @@ def test_a_collector_failing_on_one_rank_is_switched_off_on_every_rank_at_the_sa
     assert [m for m in rank1["log"] if "collector gradients" in m] == [
         "torchhealth: collector gradients failed on rank 1 and is switched off; every rank switches it off at the "
         "next check; training continues"]
+
+
+def test_activation_hooks_failing_on_one_rank_are_switched_off_on_every_rank_at_the_same_check(run):
+    rank0, rank1 = both(run, "hooks_fail")
+    assert rank0["disabled"] == rank1["disabled"] == ["activation hooks"]
+    by_step = {s["step"]: s["stats"] for s in rank0["snapshots"]}
+    assert sorted(by_step) == [0, 5, 10, 15, 20]
+    assert [step for step, stats in by_step.items() if "zero_fraction" in stats] == [0, 5]
+    assert all("grad_norm" in by_step[step] for step in (10, 15, 20))
+    said = [m for m in rank0["log"] if "activation hooks" in m]
+    assert len(said) == 1 and "rank 1: RuntimeError: injected failure in hooks_fail" in said[0], rank0["log"]
 
 
 def test_a_check_failing_on_one_rank_stops_checks_on_every_rank_at_the_next_check(run):

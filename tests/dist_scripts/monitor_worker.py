@@ -570,6 +570,8 @@ SCENARIOS = {
     "collector_fails": lambda *a: scenario_fails_on_one_rank(*a, "collector_fails", lambda m: m.collectors["gradients"],
                                                              "state"),
     "check_fails": lambda *a: scenario_fails_on_one_rank(*a, "check_fails", lambda m: m, "_finish_check"),
+    # an activation hook, inside rank 1's forward
+    "hooks_fail": lambda *a: scenario_fails_on_one_rank(*a, "hooks_fail", lambda m: m.activations, "_observe"),
     "nan_raise": scenario_nan_raise,
     "wrapped_differently": scenario_wrapped_differently,
     "refused": scenario_refused,
