@@ -31,8 +31,8 @@ DDP_SCENARIOS = ["ddp_data", "fault_every_rank", "fault_one_rank", "dead_everywh
 DRIVEN_SCENARIOS = ["watch_accumulate"]  # no log_dir
 FSDP_SCENARIOS = ["fsdp2", "fsdp1", "hsdp"]
 # models whose structure differs between ranks, parts that fail on one rank (the layout agreement)
-UNEVEN_SCENARIOS = ["moe", "lazy_branch", "collector_fails", "hooks_fail", "check_fails", "nan_raise",
-                    "wrapped_differently"]
+UNEVEN_SCENARIOS = ["moe", "lazy_branch", "collector_fails", "hooks_fail", "check_fails", "agreement_fails",
+                    "nan_raise", "wrapped_differently"]
 ALL_TRAINING = DDP_SCENARIOS + DRIVEN_SCENARIOS + FSDP_SCENARIOS + UNEVEN_SCENARIOS
 
 # (all_reduce calls, collectives on the group) of a check at which the ranks exchange layouts. The
@@ -48,6 +48,8 @@ AGREEING_CHECKS = {
     "hooks_fail": {0: EXCHANGE, 10: EXCHANGE},  # rank 1's activation hooks fail in step 10's forward
     # rank 1's check at 10 fails after its all-reduce; at 15 the ranks agree to stop checking (no data round)
     "check_fails": {0: EXCHANGE, 15: (1, 3), 20: (0, 0)},
+    # rank 1 fails to lay its state out at 10, before the all-reduce: it joins it with zeros, checks stop
+    "agreement_fails": {0: EXCHANGE, 10: (1, 3), 15: (0, 0), 20: (0, 0)},
 }
 
 
@@ -231,6 +233,15 @@ def test_a_check_failing_on_one_rank_stops_checks_on_every_rank_at_the_next_chec
     assert len(rank0["collectives"]) == len(rank1["collectives"]) == 21 and rank0["passed_barrier"] and rank1["passed_barrier"]
     said = [m for m in rank0["log"] if "check failed" in m]
     assert len(said) == 1 and "rank 1: RuntimeError: injected failure in check_fails" in said[0], rank0["log"]
+
+
+def test_a_failure_in_the_agreement_on_one_rank_still_joins_the_collective(run):
+    rank0, rank1 = both(run, "agreement_fails")
+    assert "check" in rank0["disabled"] and "check" in rank1["disabled"]
+    assert [s["step"] for s in rank0["snapshots"]] == [s["step"] for s in rank1["snapshots"]] == [0, 5]
+    assert len(rank0["collectives"]) == len(rank1["collectives"]) == 21 and rank0["passed_barrier"] and rank1["passed_barrier"]
+    said = [m for m in rank0["log"] if "check failed" in m]
+    assert len(said) == 1 and "rank 1: RuntimeError: injected failure in agreement_fails" in said[0], rank0["log"]
 
 
 def test_nan_on_one_rank_raises_on_every_rank_at_the_same_step(run):

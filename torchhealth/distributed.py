@@ -105,14 +105,19 @@ class LayoutAgreement:
         """
         for _ in range(MAX_AGREEMENT_ROUNDS + 1):
             live = [name for name in wanted if not self.is_off(name)]
-            mine = {name: _describe(collectors.get(name), state.get(name)) for name in live}
             names = [name for name in live if name in self.agreed]
-            changed = (len(names) != len(live) or any(mine[name] != self.agreed[name] for name in names)
-                       or self.guard.disabled != self.off
-                       or (len(self.facts.forward_order), len(self.facts.activations)) != self._facts_size)
-            laid = {(name, key): entry for name in names for key, entry in (state[name] if not changed else {}).items()}
             size = sum(math.prod(shape) for name in names for _, shape, _ in self.agreed[name][0])
-            flat = _flatten([values for values, _ in laid.values()], float(changed), None if not changed else size)
+            try:
+                mine = {name: _describe(collectors.get(name), state.get(name)) for name in live}
+                changed = (len(names) != len(live) or any(mine[name] != self.agreed[name] for name in names)
+                           or self.guard.disabled != self.off
+                           or (len(self.facts.forward_order), len(self.facts.activations)) != self._facts_size)
+                laid = {(name, key): entry for name in names for key, entry in (state[name] if not changed else {}).items()}
+                flat = _flatten([values for values, _ in laid.values()], float(changed), None if not changed else size)
+            except Exception:  # never leave the other ranks alone in the collective: join it, and say checks failed
+                self.guard.call("check", _raise)
+                mine, laid = {name: None for name in live}, {}
+                flat = _flatten([], 1.0, size)
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             if flat[-1].item() == 0:  # the one host read before the copy: whether every rank agreed
                 return _split(flat, laid, self.world)
@@ -144,11 +149,12 @@ class LayoutAgreement:
                 continue
             self.agreed.pop(name, None)  # confirmed by the next exchange, from what every rank then has
             collector = collectors.get(name)  # every rank has it: a rank that retired it has switched it off
-            merged = self.guard.call(f"collector {name}", collector.adopt_layout, [layout[1] for layout in layouts])
+            merged = None if collector is None else self.guard.call(
+                f"collector {name}", collector.adopt_layout, [layout[1] if layout else () for layout in layouts])
             if merged:
                 state[name] = self.guard.call(f"collector {name}", collector.state, default={})
             elif merged is False:  # cannot merge: decided alike on every rank, so switched off on every rank
-                shapes = "; ".join(f"rank {r}: {layout[0]}" for r, layout in enumerate(layouts))
+                shapes = "; ".join(f"rank {r}: {layout[0] if layout else None}" for r, layout in enumerate(layouts))
                 failures.setdefault(f"collector {name}", []).append(
                     (-1, f"its state is laid out differently on different ranks ({shapes})"))
             # None: adopting failed on this rank; the next round's header tells the others
@@ -170,6 +176,11 @@ class LayoutAgreement:
                              "checks stop, training goes on" if part == "check" else
                              "training and the other parts of the monitor go on")
         self.retire()
+
+
+def _raise() -> None:
+    """Re-raises the exception being handled (so that the guard logs and records it as a part's failure)."""
+    raise
 
 
 def _describe(collector: Any, state: dict[str, tuple[torch.Tensor | np.ndarray, str]] | None) -> Hashable:

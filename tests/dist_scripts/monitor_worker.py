@@ -491,8 +491,11 @@ def scenario_fails_on_one_rank(rank, world, out_dir, counter, name, owner, metho
         return works(*args, **kwargs)
 
     setattr(target, method, failing)
-    with LogRecords() as log:
-        record = train(ddp, monitor, optimizer, rank, 21, counter)
+    try:
+        with LogRecords() as log:
+            record = train(ddp, monitor, optimizer, rank, 21, counter)
+    finally:
+        setattr(target, method, works)
     monitor.close()
     dist.barrier()  # every rank must get here: none is left waiting in a collective
     record["passed_barrier"] = True
@@ -570,6 +573,9 @@ SCENARIOS = {
     "collector_fails": lambda *a: scenario_fails_on_one_rank(*a, "collector_fails", lambda m: m.collectors["gradients"],
                                                              "state"),
     "check_fails": lambda *a: scenario_fails_on_one_rank(*a, "check_fails", lambda m: m, "_finish_check"),
+    # the agreement itself, on rank 1, before the check's all-reduce
+    "agreement_fails": lambda *a: scenario_fails_on_one_rank(*a, "agreement_fails", lambda m: torchhealth.distributed,
+                                                             "_describe"),
     # an activation hook, inside rank 1's forward
     "hooks_fail": lambda *a: scenario_fails_on_one_rank(*a, "hooks_fail", lambda m: m.activations, "_observe"),
     "nan_raise": scenario_nan_raise,
