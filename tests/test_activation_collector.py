@@ -408,3 +408,58 @@ def test_many_fp16_calls_of_one_module_in_a_step_raise_no_false_nonfinite(strict
     monitor.step(model(torch.full((4, 8), 3000.0, dtype=torch.float16)))
     assert monitor.last_snapshot.nonfinite == {}
     assert monitor.last_snapshot.stats["zero_fraction"]["act#15"] == 0.0
+
+
+# -- the layout agreement under torch.distributed (distributed.LayoutAgreement) ---------------------
+def _collector(model, **kwargs):
+    return activations.ActivationCollector(model, torchhealth.facts.ModelFacts.from_model(model), 4, 64, **kwargs)
+
+
+def test_adopting_another_ranks_layout_adds_empty_rows_and_keeps_what_this_rank_counted():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2), nn.Tanh())
+    collector = _collector(model)
+    model(torch.randn(5, 4))
+    collector.file_step(0)
+    before = {key: torch.as_tensor(values).clone() for key, (values, _) in collector.state().items()}
+    mine = collector.layout()
+    other = ((("expert", 0), "expert", "relu", 6),) + mine[:1]  # another rank: a site of its own, then one of ours
+    assert collector.adopt_layout([other, mine])
+    assert [site.name for site in collector.sites.values()] == ["expert", "1", "3"]
+    assert collector.layout() == other + mine[1:]
+    after = {key: torch.as_tensor(values) for key, (values, _) in collector.state().items()}
+    assert torch.equal(after["positive"], torch.cat([torch.zeros(6), before["positive"]]))
+    assert torch.equal(after["numel"], torch.cat([torch.zeros(1), before["numel"]]))
+    assert torch.equal(after["off"], torch.cat([torch.zeros(1), before["off"]]))
+    collector.close()
+
+
+def test_a_site_adopted_before_it_runs_here_then_counts_as_if_this_rank_had_found_it():
+    models = []
+    for _ in range(2):  # one per rank, alike
+        torch.manual_seed(0)
+        models.append(nn.Sequential(nn.Linear(4, 3), nn.ReLU()))
+    x = torch.randn(5, 4)
+    found, adopted = _collector(models[0]), _collector(models[1])
+    models[0](x)
+    found.file_step(0)
+    assert adopted.adopt_layout([found.layout()])  # another rank found the site; this one has not run it yet
+    assert adopted.sites[("1", 0)].placeholder
+    models[1](x)
+    adopted.file_step(0)
+    assert not adopted.sites[("1", 0)].placeholder and adopted.layout() == found.layout()
+    for key, (values, _) in found.state().items():
+        assert torch.equal(torch.as_tensor(values), torch.as_tensor(adopted.state()[key][0])), key
+    found.close()
+    adopted.close()
+
+
+def test_facts_merge_every_ranks_forward_order_and_activations_alike():
+    facts = torchhealth.facts.ModelFacts(forward_order=["a", "c"], activations={"c": "relu"})
+    facts.in_forward_order(["c", "a"])  # cached: the merge must not leave the old order behind
+    facts.agree([["a", "b", "c"], ["a", "c", "d:relu"]], [{"b": "tanh"}, {"c": "relu", "d:relu": "relu"}])
+    assert facts.forward_order == ["a", "b", "c", "d:relu"]
+    assert list(facts.activations) == ["b", "c", "d:relu"]
+    assert facts.in_forward_order(["d:relu", "b", "a"]) == ["a", "b", "d:relu"]
+    facts.note_forward("b")  # known already: no change
+    assert facts.forward_order == ["a", "b", "c", "d:relu"]

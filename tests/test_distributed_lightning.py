@@ -48,9 +48,13 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_step(run):
 
 @pytest.mark.parametrize("fit", ["different_data", "nan_one_rank"])
 def test_one_collective_per_check_and_none_on_other_steps(run, fit):
+    # the first check agrees on the layout of the reduced state (docs/distributed.md): one all-reduce
+    # of the header, one all_gather_object (2 collectives), the data again
     for rank in run[1]:
         steps = rank[fit]["collectives"]
-        assert steps and all(counts == [int(step % CHECK_EVERY == 0)] * 2 for step, *counts in steps), steps
+        expected = {0: [2, 4]}
+        assert steps and all(counts == expected.get(step, [int(step % CHECK_EVERY == 0)] * 2)
+                             for step, *counts in steps), steps
 
 
 def test_only_rank0_writes_health_files(run):

@@ -167,3 +167,21 @@ def test_nonfinite_loss_reports_first_step_and_forces_an_early_check(strict_moni
     assert snapshots[8].nonfinite == {"loss": 7}
     assert snapshots[8].loss is not None and math.isfinite(snapshots[8].loss)  # the mean of finite losses
     assert snapshots[9].nonfinite == {}
+
+
+def test_weight_state_has_the_same_entries_whether_or_not_an_update_was_measured():
+    # under torch.distributed the layout of the reduced state is agreed once: it must not change between checks
+    from torchhealth.collectors.weights import WeightCollector
+    from torchhealth.layers import parameter_layers
+
+    model = nn.Linear(3, 2)
+    collector = WeightCollector(list(parameter_layers(model)), torch.device("cpu"))
+    first = collector.state()
+    collector.remember_weights()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    second = collector.state()
+    assert [(k, tuple(v.shape), op) for k, (v, op) in first.items()] == \
+        [(k, tuple(v.shape), op) for k, (v, op) in second.items()]
+    assert first["measured"][0][0] == 0 and second["measured"][0][0] == 1
+    assert float(second["dw"][0][0]) == pytest.approx(6.0)  # six weights moved by 1

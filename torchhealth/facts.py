@@ -110,6 +110,25 @@ class ModelFacts:
             self._seen.add(layer)
             self.forward_order.append(layer)
 
+    def agree(self, orders: list[list[str]], activations: list[dict[str, str]]) -> None:
+        """Adopts what every rank discovered, so that detectors and advice decide alike on every rank.
+
+        Under torch.distributed each rank learns forward order and functional activation sites from
+        its own forwards (a branch or an expert that only some ranks run). ``orders`` and
+        ``activations`` are every rank's, rank 0 first: the forward order becomes rank 0's followed
+        by what each next rank saw that the ranks before it did not; the activations their union.
+        """
+        merged = list(dict.fromkeys(name for order in orders for name in order))
+        self.forward_order[:] = merged
+        self._seen = set(merged)
+        self._sorted.clear()
+        kinds: dict[str, str] = {}
+        for rank_kinds in activations:
+            for name, kind in rank_kinds.items():
+                kinds.setdefault(name, kind)
+        self.activations.clear()
+        self.activations.update(kinds)
+
     def __post_init__(self) -> None:
         self._seen: set[str] = set(self.forward_order)
         self._sorted: dict[tuple[tuple[str, ...], int, int], list[str]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 from typing import Any
@@ -59,7 +60,8 @@ class Monitor:
         model: The module to watch (DDP/FSDP wrappers are looked through). Under torch.distributed,
             create the monitor on every rank after wrapping and call ``step`` on every rank: each
             check reduces the statistics across ranks in one collective, and only rank 0 writes
-            files (docs/distributed.md).
+            files (docs/distributed.md). Construction checks that every rank made one, alike
+            (RuntimeError naming the ranks that made none, ValueError naming what differs).
         optimizer: Its optimizer; enables measured update/weight ratios and learning-rate advice.
         log_dir: Directory for TensorBoard event files and ``alerts.jsonl``; None writes no files.
         scaler: AMP's ``torch.amp.GradScaler``, when the loop calls ``step`` between
@@ -91,7 +93,7 @@ class Monitor:
         self.rank, self.world_size = distributed.rank_and_world()
         self.log_dir = _writable_dir(log_dir) if log_dir is not None and self.rank == 0 else (
             os.fspath(log_dir) if log_dir is not None else None)
-        self.guard = Guard(self.options.strict)
+        self.guard = Guard(self.options.strict, self.rank if self.world_size > 1 else None)
         self.alerts: list[Alert] = []
         self.step_count = 0
         self._interval_start = 0
@@ -106,13 +108,15 @@ class Monitor:
         self._attached: list[Any] = []
 
         inner = unwrap(model)
-        self.facts = ModelFacts.from_model(inner, optimizer)
         params = list(parameter_layers(inner))
+        copies = distributed.replica_counts(model, params)
+        # before anything that issues a collective (facts of sharded weights) or puts hooks on the model
+        distributed.handshake(self._fingerprint(params, copies))
+        self.facts = ModelFacts.from_model(inner, optimizer)
         device = params[0][2].device if params else torch.device("cpu")
         # The trip-wire decides on one rank's loss; under torch.distributed every rank must check at
         # the same steps (a check is a collective), so there checks follow the schedule alone.
         self.loss_collector = LossCollector(device, self.options.check_every, tripwire=self.world_size == 1)
-        copies = distributed.replica_counts(model, params)
         self.weights = WeightCollector(params, device, copies) if optimizer is not None else None
         # a disabled scaler (GradScaler(enabled=False) for fp32 runs of the same script) never skips: NaN is NaN
         scale = (lambda: gradient_scale(scaler, optimizer)) if scaler is not None and scaler.is_enabled() else None
@@ -137,7 +141,11 @@ class Monitor:
             inner, self.facts, self.options.check_every, self.options.window_samples,
             functional=self.options.functional_activations, guard=self.guard)
         self.collectors["activations"] = self.activations
+        self._collector_names = list(self.collectors)
         self._failed_parts = 0
+        # under torch.distributed, what every rank has agreed the reduced state looks like
+        self._agreement = distributed.LayoutAgreement(self.guard, self.facts, self._parts,
+                                                      self._retire_failed_collectors) if self.world_size > 1 else None
         # delivered by the first step(), so that load_state_dict() can drop those a resumed run already sent
         self._static_alerts = [a for d in self.detectors
                                for a in self.guard.call(f"detector {d.kind}", d.static_check, inner, self.facts,
@@ -164,7 +172,7 @@ class Monitor:
             raise RuntimeError("Monitor.step() was called after close(); create a new Monitor to keep watching")
         if len(self.guard.disabled) != self._failed_parts:
             self._retire_failed_collectors()
-        if "check" in self.guard.disabled:  # monitoring has failed and stopped: cost nothing from now on
+        if self._checks_off():  # monitoring has failed and stopped: cost nothing from now on
             self.step_count += 1
             return []
         if self._static_alerts:
@@ -187,7 +195,10 @@ class Monitor:
         forced = not scheduled and tripped and self._forced_checks < MAX_FORCED_CHECKS
         self._forced_checks += forced
         if scheduled or forced:
-            new += self.guard.call("check", self._check, step, default=[])
+            if "check" in self.guard.disabled:  # failed on this rank only so far: the others learn it now
+                self.guard.call("check agreement", self._agreement.reduce, self._scheduled(step), {}, {})
+            else:
+                new += self.guard.call("check", self._check, step, default=[])
         if self.weights is not None and (step + 1) % self.options.log_every == 0:
             self.guard.call("collector weights", self.weights.remember_weights)
         self.step_count += 1
@@ -361,19 +372,35 @@ class Monitor:
     def _check(self, step: int, final: bool = False) -> list[Alert]:
         """Starts a check at ``step``; returns its alerts now, or [] while its copy from a GPU is in flight."""
         self._reading = self._start_check(step, final)
+        if self._reading is None:  # checks were switched off on every rank
+            return []
         if self._reading.copy.in_flight and not final:
             return []  # read by the next step(): the GPU runs on meanwhile instead of waiting for the host
         return self._finish_check()
 
-    def _start_check(self, step: int, final: bool) -> _Reading:
-        """Device side of a check: raw state, one all-reduce, one copy to the host, reset."""
+    def _scheduled(self, step: int, final: bool = False) -> list[str]:
+        """The collectors a check at ``step`` reads, by name (the same on every rank)."""
         logging = step % self.options.log_every == 0 or final
         # Weight norms and update ratios are read on log steps only: they cost several passes over
         # the parameters, and no detector needs them between two TensorBoard writes.
-        collectors = {name: c for name, c in self.collectors.items() if logging or c is not self.weights}
-        state = {(name, key): value for name, c in collectors.items()
-                 for key, value in self.guard.call(f"collector {name}", c.state, default={}).items()}
-        reduced = distributed.reduce_state(state)
+        return [name for name in self._collector_names if logging or name != "weights"]
+
+    def _start_check(self, step: int, final: bool) -> _Reading | None:
+        """Device side of a check: raw state, one all-reduce, one copy to the host, reset.
+
+        None when the ranks have just switched checks off (a check failed on one of them).
+        """
+        logging = step % self.options.log_every == 0 or final
+        scheduled = self._scheduled(step, final)
+        collectors = {name: self.collectors[name] for name in scheduled if name in self.collectors}
+        state = {name: self.guard.call(f"collector {name}", c.state, default={}) for name, c in collectors.items()}
+        if self._agreement is None:
+            reduced = {(name, key): values for name, entries in state.items() for key, (values, _) in entries.items()}
+        else:  # the same layout on every rank first (an activation site that only some ranks ran, a failed part)
+            reduced = self._agreement.reduce(scheduled, collectors, state)
+            if reduced is None:
+                return None
+            collectors = {name: c for name, c in collectors.items() if name in self.collectors}
         keys = list(reduced)
         copy = HostCopy([reduced[key] for key in keys])
         for name, collector in collectors.items():  # after the copy has been queued: it reads the state
@@ -431,16 +458,41 @@ class Monitor:
         function mode.
         """
         self._failed_parts = len(self.guard.disabled)
-        checks_off = "check" in self.guard.disabled  # nothing would ever read the collectors again
+        checks_off = self._checks_off()  # nothing would ever read the collectors again
         if checks_off:
             self._reading = None
         for name, collector in list(self.collectors.items()):
-            parts = [f"collector {name}"] + (["activation hooks"] if collector is self.activations else [])
-            if checks_off:
-                parts.append("check")
-            if any(part in self.guard.disabled for part in parts):
+            if any(part in self.guard.disabled for part in self._parts(name, checks_off)):
                 del self.collectors[name]
                 self.guard.call(f"collector {name} close", collector.close)
+
+    def _parts(self, name: str, checks: bool = True) -> list[str]:
+        """The guarded parts whose failure switches collector ``name`` off (``checks``: "check" too)."""
+        return [f"collector {name}"] + (["activation hooks"] if name == "activations" else []) + (["check"] if checks else [])
+
+    def _checks_off(self) -> bool:
+        """Whether checks have failed and stopped. Under torch.distributed only once every rank knows:
+        a rank whose check failed still joins the next check's collective, to tell the others."""
+        if "check" not in self.guard.disabled:
+            return False
+        agreement = self._agreement
+        return agreement is None or "check" in agreement.off or "check agreement" in self.guard.disabled
+
+    def _fingerprint(self, params: list[tuple[str, str, torch.Tensor]], copies: list[float]) -> dict[str, Any]:
+        """What must be alike on every rank (``distributed.handshake``): the options that set the
+        schedule and the layout of the reduced state, the parameters and how many ranks hold each,
+        and the optimizer."""
+        options = self.options
+        names = "\n".join(name for name, _, _ in params)
+        return {
+            "check_every": options.check_every, "log_every": options.log_every, "sample_every": options.sample_every,
+            "window_samples": options.window_samples, "strict": options.strict,
+            "functional_activations": options.functional_activations, "per_parameter": options.per_parameter,
+            "on_alert raises": "raise" in [h for h in alert_handlers(options.on_alert) if isinstance(h, str)],
+            "parameters": f"{len(params)} tensors, names {hashlib.sha1(names.encode()).hexdigest()[:12]}",
+            "ranks holding each parameter": hashlib.sha1(repr(copies).encode()).hexdigest()[:12],
+            "optimizer": type(self.optimizer).__name__ if self.optimizer is not None else None,
+        }
 
     # -- wiring ------------------------------------------------------------------------------------
     def _build_sinks(self) -> None:

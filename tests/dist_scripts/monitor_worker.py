@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -141,8 +142,11 @@ def snapshot_record(snapshot: torchhealth.Snapshot) -> dict:
 
 
 def train(model: nn.Module, monitor: torchhealth.Monitor, optimizer, rank: int, steps: int, counter: Collectives,
-          fault=None) -> dict:
-    """A plain loop: forward, backward, monitor.step, optimizer.step. Records what the monitor saw."""
+          fault=None, forward=None) -> dict:
+    """A plain loop: forward, backward, monitor.step, optimizer.step. Records what the monitor saw.
+
+    ``forward(model, x, step)`` replaces ``model(x)`` (a model that takes a branch from some step on).
+    """
     # A check's statistics are read one step later when they stay on a GPU (NCCL reduces them there)
     record = {"alerts": [], "snapshots": [], "collectives": [], "raised_at": None,
               "read_lag": int(DEVICE.type == "cuda" and dist.get_backend() == "nccl")}
@@ -152,7 +156,7 @@ def train(model: nn.Module, monitor: torchhealth.Monitor, optimizer, rank: int, 
         if fault is not None:
             x, y = fault(step, x, y)
         x, y = x.to(DEVICE), y.to(DEVICE)
-        loss = nn.functional.mse_loss(model(x), y)
+        loss = nn.functional.mse_loss(model(x) if forward is None else forward(model, x, step), y)
         loss.backward()
         try:
             alerts, counts = counter.around(lambda: monitor.step(loss))
@@ -170,7 +174,13 @@ def train(model: nn.Module, monitor: torchhealth.Monitor, optimizer, rank: int, 
         optimizer.step()
         optimizer.zero_grad()
     record["delivered"] = [a.to_dict() for a in monitor.alerts]  # everything the sinks received
-    return record
+    return {**record, **agreement_record(monitor)}
+
+
+def agreement_record(monitor: torchhealth.Monitor) -> dict:
+    """How often the ranks exchanged layouts, which parts are off, the forward order the detectors use."""
+    return {"exchanges": monitor._agreement.exchanges, "disabled": sorted(monitor.guard.disabled),
+            "forward_order": list(monitor.facts.forward_order)}
 
 
 def reference_step0(world: int) -> dict:
@@ -277,6 +287,7 @@ def scenario_watch_accumulate(rank, world, out_dir, counter):
             record["snapshots"].append(snapshot_record(monitor.last_snapshot))
         optimizer.zero_grad()
     monitor.close()
+    record.update(agreement_record(monitor))
     reference = make_model()
     for micro in range(2):  # mean over ranks of each rank's summed micro-batch gradients, at step 0
         torch.stack([nn.functional.mse_loss(reference(x), y) for x, y in (batch(r, micro) for r in range(world))]
@@ -349,6 +360,202 @@ def wrap_fsdp1(model):
                                     auto_wrap_policy=ModuleWrapPolicy({nn.Linear}))
 
 
+# -- models whose structure differs between ranks (docs/distributed.md, "Ranks agree on the layout") --
+class Expert(nn.Module):
+    """Linear -> ReLU -> Linear; with ``functional``, also ``F.relu`` on one more layer inside ``forward``."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2)
+        self.extra = nn.Linear(HIDDEN, HIDDEN) if functional else None
+
+    def forward(self, x):
+        h = self.act(self.fc1(x))
+        if self.extra is not None:
+            h = nn.functional.relu(self.extra(h))
+        return self.fc2(h)
+
+
+class MixtureOfExperts(nn.Module):
+    """Routes each sample to expert 0 when its first feature is positive, else to expert 1: with
+    ``batch``'s data, rank 0 runs only expert 0 and rank 1 only expert 1 (and its functional ReLU).
+    On the data routed to it every unit of an expert fires; on the other rank's, none runs at all.
+    With ``spare``, the first two samples go to expert 2 instead (which is otherwise never used)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.experts = nn.ModuleList([Expert(functional=False), Expert(functional=True), Expert(functional=False)])
+        with torch.no_grad():
+            for sign, expert in zip((1, -1), self.experts):  # rank 0's inputs are positive, rank 1's negative
+                expert.fc1.weight.abs_().mul_(sign)
+            self.experts[1].extra.weight.abs_()
+
+    def forward(self, x, spare: bool = False):
+        route = (x[:, 0] < 0).long()
+        if spare:
+            route[:2] = 2
+        out = x.new_zeros(x.shape[0], 2)
+        for index, expert in enumerate(self.experts):
+            chosen = route == index
+            if chosen.any():
+                out = out.index_put((chosen,), expert(x[chosen]))
+        return out
+
+
+SPARE_UNTIL = 3  # rank 0 routes two samples a step to the spare expert before this step, none after
+
+
+def scenario_moe(rank, world, out_dir, counter):
+    """Each rank's data goes to a different expert; one expert's functional ReLU runs on one rank only."""
+    model = MixtureOfExperts().to(DEVICE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ddp = DistributedDataParallel(model, device_ids=[DEVICE.index] if DEVICE.type == "cuda" else None,
+                                  find_unused_parameters=True)
+    monitor = torchhealth.Monitor(ddp, optimizer=optimizer, log_dir=os.path.join(out_dir, "moe"),
+                                  check_every=CHECK_EVERY, log_every=CHECK_EVERY, sample_every=1, window_samples=64,
+                                  on_alert=[lambda a: None])
+    record = train(ddp, monitor, optimizer, rank, 21, counter,
+                   forward=lambda m, x, step: m(x, spare=step < SPARE_UNTIL and dist.get_rank() == 0))
+    monitor.close()
+    record["sites_seen_here"] = sorted(site.name for site in monitor.activations.sites.values() if not site.placeholder)
+    return record
+
+
+class Branchy(nn.Module):
+    """A trunk, and a branch (Linear -> Tanh) only on the steps that take it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(4, HIDDEN), nn.ReLU())
+        self.branch = nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.Tanh())
+        self.head = nn.Linear(HIDDEN, 2)
+
+    def forward(self, x, take: bool):
+        h = self.trunk(x)
+        if take:
+            h = h + self.branch(h)
+        return self.head(h)
+
+
+BRANCH_FROM = {0: 13, 1: 7}  # the step from which each rank takes the branch
+
+
+def scenario_lazy_branch(rank, world, out_dir, counter):
+    """Activation sites created lazily, on one rank first: the branch runs on rank 1 from step 7, on rank 0 from 13."""
+    model = Branchy().to(DEVICE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ddp = DistributedDataParallel(model, device_ids=[DEVICE.index] if DEVICE.type == "cuda" else None,
+                                  find_unused_parameters=True)
+    monitor = torchhealth.Monitor(ddp, optimizer=optimizer, log_dir=None, check_every=CHECK_EVERY,
+                                  sample_every=1, window_samples=64, on_alert=[lambda a: None])
+    record = train(ddp, monitor, optimizer, rank, 21, counter,
+                   forward=lambda m, x, step: m(x, step >= BRANCH_FROM[dist.get_rank()]))
+    monitor.close()
+    return record
+
+
+class LogRecords(logging.Handler):
+    """Keeps the messages of the ``torchhealth`` logger while installed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        logging.getLogger("torchhealth").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("torchhealth").removeHandler(self)
+
+
+FAIL_FROM = 10
+
+
+def scenario_fails_on_one_rank(rank, world, out_dir, counter, name, owner, method):
+    """``owner.method`` (looked up on the monitor) raises on the last rank only, from the check at step 10."""
+    model = make_model().to(DEVICE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ddp, monitor = ddp_monitor(model, out_dir, name, optimizer, on_alert=[lambda a: None])
+    target = owner(monitor)
+    works = getattr(target, method)
+
+    def failing(*args, **kwargs):
+        if monitor.step_count >= FAIL_FROM and dist.get_rank() == world - 1:
+            raise RuntimeError(f"injected failure in {name}")
+        return works(*args, **kwargs)
+
+    setattr(target, method, failing)
+    try:
+        with LogRecords() as log:
+            record = train(ddp, monitor, optimizer, rank, 21, counter)
+    finally:
+        setattr(target, method, works)
+    monitor.close()
+    dist.barrier()  # every rank must get here: none is left waiting in a collective
+    record["passed_barrier"] = True
+    record["log"] = log.messages
+    return record
+
+
+def scenario_nan_raise(rank, world, out_dir, counter):
+    """NaN inputs on the last rank only, at step 7, with on_alert="raise": every rank must stop at one step."""
+    model = make_model().to(DEVICE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ddp, monitor = ddp_monitor(model, out_dir, "nan_raise", optimizer, on_alert="raise")
+    record = train(ddp, monitor, optimizer, rank, 20, counter, fault=nan_input({world - 1}, 7))
+    monitor.close()
+    dist.barrier()  # every rank must get here: none is left waiting in a collective
+    record["passed_barrier"] = True
+    return record
+
+
+def scenario_wrapped_differently(rank, world, out_dir, counter):
+    """Rank 0 passes the DDP wrapper, the other ranks the module inside it: the same statistics, so allowed."""
+    model = make_model().to(DEVICE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ddp = DistributedDataParallel(model, device_ids=[DEVICE.index] if DEVICE.type == "cuda" else None)
+    monitor = torchhealth.Monitor(ddp if rank == 0 else ddp.module, optimizer=optimizer, check_every=CHECK_EVERY,
+                                  sample_every=1, window_samples=64, on_alert=[lambda a: None])
+    record = train(ddp, monitor, optimizer, rank, 11, counter)
+    monitor.close()
+    return record
+
+
+def refused(make) -> dict:
+    """What making a monitor raised: ``{"error": type, "message": ...}`` (``{"error": None}`` if it did not)."""
+    try:
+        make().close()
+    except (ValueError, RuntimeError) as error:
+        return {"error": type(error).__name__, "message": str(error)}
+    return {"error": None}
+
+
+def scenario_refused(rank, world, out_dir, counter):
+    """Monitors that cannot work alike on every rank are refused at construction, on every rank."""
+    record = {"check_every": refused(lambda: torchhealth.Monitor(make_model(), check_every=5 * (rank + 1))),
+              "optimizer": refused(lambda: torchhealth.Monitor(
+                  make_model(), optimizer=torch.optim.SGD(make_model().parameters(), lr=0.1) if rank == 0 else None))}
+    other = make_model() if rank == 0 else nn.Sequential(*make_model(), nn.ReLU(), nn.Linear(2, 2))
+    record["model"] = refused(lambda: torchhealth.Monitor(other))
+    dist.barrier()
+    # rank 0 alone makes one: it must say so instead of waiting in the first check's collective
+    if rank == 0:
+        torchhealth.distributed.HANDSHAKE_TIMEOUT, timeout = 3.0, torchhealth.distributed.HANDSHAKE_TIMEOUT
+        record["one_rank_only"] = refused(lambda: torchhealth.Monitor(make_model()))
+        torchhealth.distributed.HANDSHAKE_TIMEOUT = timeout
+    else:
+        next(torchhealth.distributed._monitors_made)  # keeps this process's count of monitors in step
+    dist.barrier()
+    record["passed_barrier"] = True
+    return record
+
+
 SCENARIOS = {
     "ddp_data": scenario_ddp_data,
     "fault_every_rank": lambda r, w, o, c: scenario_fault(r, w, o, c, "fault_every_rank", range(w)),
@@ -360,6 +567,20 @@ SCENARIOS = {
     "fsdp2": lambda *a: scenario_fsdp(*a, wrap=wrap_fsdp2),
     "fsdp1": lambda *a: scenario_fsdp(*a, wrap=wrap_fsdp1),
     "hsdp": lambda *a: scenario_fsdp(*a, wrap=lambda m: wrap_fsdp2(m, hsdp=True)),
+    "moe": scenario_moe,
+    "lazy_branch": scenario_lazy_branch,
+    # the gradient collector's state(); reading a check's statistics after the all-reduce
+    "collector_fails": lambda *a: scenario_fails_on_one_rank(*a, "collector_fails", lambda m: m.collectors["gradients"],
+                                                             "state"),
+    "check_fails": lambda *a: scenario_fails_on_one_rank(*a, "check_fails", lambda m: m, "_finish_check"),
+    # the agreement itself, on rank 1, before the check's all-reduce
+    "agreement_fails": lambda *a: scenario_fails_on_one_rank(*a, "agreement_fails", lambda m: torchhealth.distributed,
+                                                             "_describe"),
+    # an activation hook, inside rank 1's forward
+    "hooks_fail": lambda *a: scenario_fails_on_one_rank(*a, "hooks_fail", lambda m: m.activations, "_observe"),
+    "nan_raise": scenario_nan_raise,
+    "wrapped_differently": scenario_wrapped_differently,
+    "refused": scenario_refused,
 }
 
 

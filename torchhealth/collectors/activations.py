@@ -73,8 +73,12 @@ class Site:
     views of the collector's buffers (``bind``), which hold every site's state side by side.
     """
 
-    def __init__(self, name: str, kind: str, units: int, axis: int | None, device: torch.device, interval: int):
+    def __init__(self, name: str, kind: str, units: int, axis: int | None, device: torch.device, interval: int,
+                 placeholder: bool = False):
         self.name, self.kind, self.units, self.axis = name, kind, units, axis
+        # a site another rank saw (``ActivationCollector.adopt_layout``): its unit axis is worked out from
+        # the first output this rank sees
+        self.placeholder = placeholder
         # normal tensors even when the first call comes from an eval under torch.inference_mode():
         # inference tensors could never be updated in place by the training forwards that follow
         with torch.inference_mode(False):
@@ -146,6 +150,7 @@ class ActivationCollector(Collector):
         self._read: _SiteTensors | None = None  # the sites of the last state(), in the order of its tensors
         self._counted: list[int] = []  # their window samples at that check
         self._guard = guard or Guard(strict=True)
+        self._layout: tuple = ()  # ``layout()``, made again when a site is added
         self._hooks_ran = False  # an activation hook ran in this step's sampled forwards
         self._unseen_forwards = 0  # sampled steps in a row in which none ran
         self._warned_unseen = False
@@ -353,6 +358,8 @@ class ActivationCollector(Collector):
             self._functional_seen = self._functional_seen or ":" in name
             self.facts.activations.setdefault(site_name, kind)
             self.facts.note_forward(site_name)
+        elif site.placeholder and units == site.units:
+            site.axis, site.placeholder = axis, False  # first seen here after another rank saw it
         elif (axis, units) != (site.axis, site.units):
             return None  # another layout (an unbatched call, a capped site of another width): never mix units
         site.shape = x.shape
@@ -466,6 +473,45 @@ class ActivationCollector(Collector):
         return self._tensors
 
     # -- collector contract --------------------------------------------------------------------
+    def layout(self) -> tuple:
+        """``(key, name, kind, units)`` of every site, in the order of the state's rows."""
+        if len(self._layout) != len(self.sites):  # sites are only ever added (or laid out anew, which clears it)
+            self._layout = tuple((key, s.name, s.kind, s.units) for key, s in self.sites.items())
+        return self._layout
+
+    def adopt_layout(self, layouts: list[tuple]) -> bool:
+        """Lays the sites out as the union of every rank's, in the order of ``layouts``.
+
+        A site this rank has not run yet gets empty state (it reduces to the other ranks' counts: a
+        unit that fires on one rank is alive, and a site that no rank ran in an interval has no
+        outputs, so it is not judged); sites it has keep theirs. Of two ranks' sites with one key and
+        different widths the first rank's wins, and the other's counts so far are dropped.
+        """
+        union: dict[tuple[str, int], tuple[str, str, int]] = {}
+        for layout in layouts:
+            for key, name, kind, units in layout:
+                union.setdefault(tuple(key), (name, kind, units))
+        device = self._home()
+        sites = {}
+        for key, (name, kind, units) in union.items():
+            site = self.sites.get(key)
+            if site is None or (site.kind, site.units) != (kind, units):
+                site = Site(name, kind, units, None, device, self.interval, placeholder=True)
+            sites[key] = site
+        kept = set(map(id, sites.values()))
+        self.observed = [site for site in self.observed if id(site) in kept]
+        self.sites, self._tensors, self._layout = sites, None, ()
+        # a functional site another rank found: watch for it here too, as that rank does
+        self._functional_seen = self._functional_seen or any(":" in key[0] for key in sites)
+        return True
+
+    def _home(self) -> torch.device:
+        """Where new sites' state goes before the buffers are laid out: with the other sites', or the model."""
+        for site in self.sites.values():
+            return site.fires.device
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
     def state(self) -> State:
         if not self.sites:
             self._read = None

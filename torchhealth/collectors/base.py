@@ -18,7 +18,7 @@ in numpy, where each operation on the device would cost a kernel launch (on a CP
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Tuple, Union
+from typing import Dict, Hashable, Iterable, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,24 @@ class Collector:
     def state(self) -> State:
         """Returns ``{name: (tensor or host array, "sum" | "mean")}``: additive raw state to reduce and read."""
         return {}
+
+    def layout(self) -> Hashable:
+        """What the layout of ``state()`` depends on beyond the shapes of its tensors (``()`` when nothing).
+
+        Under torch.distributed the ranks agree on it before they reduce (``distributed.LayoutAgreement``):
+        state that a collector creates as data arrives (one row per activation site) says here which
+        rows it holds, in order. A layout that changes only with the shapes of ``state()`` needs nothing.
+        """
+        return ()
+
+    def adopt_layout(self, layouts: list[Hashable]) -> bool:
+        """Lays ``state()`` out as the union of ``layouts`` (every rank's ``layout()``, rank 0 first).
+
+        Rows this rank has not seen start empty, so that they reduce to what the ranks that saw them
+        contribute. Returns False when the collector cannot (the default): the ranks' states are then
+        incompatible and the collector is switched off on every rank.
+        """
+        return False
 
     def reset_interval(self) -> None:
         """Clears state that covers one check interval (called at the check, after ``state``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from torchhealth.collectors.base import Arrays, Collector, State, file_values
+from torchhealth.collectors.base import Arrays, Collector, State, file_values, host_values
 from torchhealth.collectors.gradients import (LayerIndex, ParamEntry, current_device, local_tensor, sharded,
                                               squared_norms)
 from torchhealth.snapshot import Snapshot
@@ -56,24 +56,28 @@ class WeightCollector(Collector):
         if not self.params:
             return {}
         self.device = current_device(self.params, self.device)
+        # The same entries at every check, measured or not (``measured`` says which): under
+        # torch.distributed the layout of the reduced state is agreed once, not at each change.
         with torch.no_grad():
             local = self._local_weights()
-            state = {"w": (squared_norms(local, self.device), "sum")}
-            if self._before is not None:
-                # a model moved or cast between remembering and now: skip this one update measurement
-                if _layout(local) == _layout(self._before):
-                    state["w0"] = (squared_norms(self._before, self.device), "sum")
-                    torch._foreach_sub_(self._before, local)  # before - after: the update's negative, same norm
-                    state["dw"] = (squared_norms(self._before, self.device), "sum")
-                self._before = None
-        return state
+            w = squared_norms(local, self.device)
+            before, self._before = self._before, None
+            # a model moved or cast between remembering and now: skip this one update measurement
+            if before is not None and _layout(local) == _layout(before):
+                w0 = squared_norms(before, self.device)
+                torch._foreach_sub_(before, local)  # before - after: the update's negative, same norm
+                dw, measured = squared_norms(before, self.device), 1.0
+            else:
+                w0 = dw = torch.zeros_like(w)
+                measured = 0.0
+        return {"w": (w, "sum"), "w0": (w0, "sum"), "dw": (dw, "sum"), "measured": (host_values([measured]), "mean")}
 
     def finish(self, state: Arrays, snapshot: Snapshot, interval_start: int) -> None:
         if "w" not in state:
             return
         index = self.index
         file_values(snapshot, "weight_norm", index.layers, np.sqrt(index.per_layer(index.whole(state["w"]))))
-        if "dw" in state:
+        if state.get("measured", [0])[0] > 0:
             update = np.sqrt(index.per_layer(index.whole(state["dw"])))
             before = np.sqrt(index.per_layer(index.whole(state["w0"])))
             file_values(snapshot, "update_ratio", index.layers, update / np.maximum(before, np.finfo(np.float32).tiny))
