@@ -183,7 +183,7 @@ class Bench:
         self.x, self.y = w.inputs.to(device), w.target.to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         self.monitor = torchhealth.Monitor(self.model, self.opt, log_dir=log_dir, on_alert=[lambda alert: None])
-        self.monitor.activations.sampling = False
+        self.monitor.collectors["activations"].sampling = False
         self.relus = [(name, m) for name, m in self.twin.named_modules() if isinstance(m, nn.ReLU)]
         self.logged: dict[str, float] = {}
         self.run_model, self.run_twin = self.model, self.twin
@@ -219,7 +219,7 @@ class Bench:
         handles = ([m.register_forward_hook(self._sparsity_hook(name)) for name, m in self.relus]
                    if arm == "+relu_sparsity_item" else [])
         if monitor is not None:  # resume its sampling schedule
-            monitor.activations.sampling = monitor.step_count % monitor.options.sample_every == 0
+            monitor.collectors["activations"].sampling = monitor.step_count % monitor.options.sample_every == 0
         try:
             for _ in range(steps):
                 if times is not None:
@@ -232,7 +232,7 @@ class Bench:
             for handle in handles:
                 handle.remove()
             if monitor is not None:
-                monitor.activations.sampling = False
+                monitor.collectors["activations"].sampling = False
 
     def step(self, monitor, arm: str) -> None:
         with torch.autocast(self.device.type, dtype=self.w.autocast, enabled=self.w.autocast is not None):

@@ -56,11 +56,12 @@ def time_parts(monitor) -> dict[str, list[float]]:
             setattr(collector, method, timed(f"{name}.{method}", getattr(collector, method)))
     for detector in monitor.detectors:
         detector.check = timed(f"detector {detector.kind}", detector.check)
-    for sink in monitor.metric_sinks:
+    for sink in monitor.sinks:
         sink.write_snapshot = timed(f"sink {sink.name}", sink.write_snapshot)
-    monitor.activations.file_step = timed("activations.file_step", monitor.activations.file_step)
-    if monitor.weights is not None:
-        monitor.weights.remember_weights = timed("weights.remember_weights", monitor.weights.remember_weights)
+    monitor.collectors["activations"].file_step = timed("activations.file_step", monitor.collectors["activations"].file_step)
+    weights = monitor.collectors.get("weights")
+    if weights is not None:
+        weights.remember_weights = timed("weights.remember_weights", weights.remember_weights)
     monitor._start_check = timed("monitor._start_check", monitor._start_check)
     monitor._finish_check = timed("monitor._finish_check", monitor._finish_check)
     return seconds
@@ -70,7 +71,7 @@ def phases(bench: Bench, steps: int, python: cProfile.Profile | None = None) -> 
     """Median host milliseconds of each phase, per kind of step; ``python`` profiles the checks' ``monitor.step``."""
     monitor = bench.monitor
     times: dict[str, dict[str, list[float]]] = {}
-    monitor.activations.sampling = monitor.step_count % monitor.options.sample_every == 0
+    monitor.collectors["activations"].sampling = monitor.step_count % monitor.options.sample_every == 0
     for _ in range(steps):
         kind = bench.kind_of_next_step("torchhealth")
         t0 = time.perf_counter()

@@ -179,7 +179,7 @@ def test_filing_all_relu_sites_at_once_gives_what_filing_each_site_gives(monkeyp
             monitor.step(loss)
             model.zero_grad()
             snaps[monitor.last_snapshot.step] = monitor.last_snapshot
-        batched = bool(monitor.activations._tensors.columns)
+        batched = bool(monitor.collectors["activations"]._tensors.columns)
         monitor.close()
         return snaps, batched
 
@@ -376,7 +376,7 @@ def test_close_removes_a_switched_hook_even_from_a_hook_dict_replaced_since_it_w
     monitor.close()
     assert all_hooks(model) == 0
     model(torch.randn(2, 3))
-    assert not any(site.seen for site in monitor.activations.sites.values())
+    assert not any(site.seen for site in monitor.collectors["activations"].sites.values())
 
 
 def test_evaluation_forwards_between_steps_are_not_counted(strict_monitor):

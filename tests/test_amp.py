@@ -34,7 +34,7 @@ def train_fp16(steps: int, *, pass_scaler: bool, init_scale: float = 2.0 ** 40, 
     options = {"check_every": 1, "log_every": 1, "on_alert": lambda a: None, **options}
     monitor = torchhealth.Monitor(model, opt, scaler=scaler if pass_scaler else None, **options)
     recorder = SnapshotRecorder()
-    monitor.metric_sinks.append(recorder)
+    monitor.sinks.append(recorder)
     g = torch.Generator().manual_seed(1)
     reference, skipped = [], []
     for step in range(steps):

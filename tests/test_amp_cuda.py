@@ -27,7 +27,7 @@ def test_watch_counts_real_fp16_overflows_and_reads_unscaled_gradients():
     alerts = []
     monitor = torchhealth.watch(model, opt, scaler=scaler, check_every=1, log_every=1, on_alert=[alerts.append])
     recorder = SnapshotRecorder()
-    monitor.metric_sinks.append(recorder)
+    monitor.sinks.append(recorder)
     decreases, scales, previous = 0, [], scaler.get_scale()
     data = batches(40)
     for x, y in data:
@@ -58,7 +58,7 @@ def test_watch_bf16_autocast_on_gpu():
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     monitor = torchhealth.watch(model, opt, check_every=1, log_every=1, on_alert=[lambda a: None])
     recorder = SnapshotRecorder()
-    monitor.metric_sinks.append(recorder)
+    monitor.sinks.append(recorder)
     for x, y in batches(5):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = nn.functional.mse_loss(model(x.cuda()).float(), y.cuda())
@@ -85,7 +85,7 @@ def test_lightning_16_mixed_on_gpu_counts_real_overflows(tmp_path):
     recorder, module, seen = SnapshotRecorder(), TinyModule(), {"decreases": 0, "scale": scaler.get_scale()}
 
     def on_fit_start():
-        callback.monitor.metric_sinks.append(recorder)
+        callback.monitor.sinks.append(recorder)
 
     def on_train_batch_end(outputs, batch, batch_idx):
         seen["decreases"] += scaler.get_scale() < seen["scale"]

@@ -79,7 +79,7 @@ def test_monitor_adds_no_graph_break_to_the_forward():
     x = torch.randn(2, 1, 6, 6)
     sampled = torch._dynamo.explain(model)(x)  # the first forward: sampled, discovering
     monitor.step()
-    monitor.activations.sampling = False
+    monitor.collectors["activations"].sampling = False
     unsampled = torch._dynamo.explain(model)(x)
     monitor.close()
     for explanation in (sampled, unsampled):
@@ -195,7 +195,7 @@ def test_a_model_with_a_compiled_part_trains_and_reports_activations(through_for
     # one graph per sampling state, and one site per module: the calls of a step are counted afresh
     # even where the root's forward (which used to reset them) is not called
     assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
-    assert sorted(name for name, _ in monitor.activations.sites) == ["body.1", "body.3"]
+    assert sorted(name for name, _ in monitor.collectors["activations"].sites) == ["body.1", "body.3"]
     assert not [r for r in caplog.records if "ran on none of" in r.getMessage()]
 
 

@@ -119,8 +119,8 @@ def test_weights_are_read_and_copied_only_for_log_steps(strict_monitor):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = strict_monitor(model, opt, check_every=2, log_every=6)
     copies = []
-    remember = monitor.weights.remember_weights
-    monitor.weights.remember_weights = lambda: (copies.append(monitor.step_count), remember())[1]
+    remember = monitor.collectors["weights"].remember_weights
+    monitor.collectors["weights"].remember_weights = lambda: (copies.append(monitor.step_count), remember())[1]
     families = {}
     for _ in range(13):
         loss = model(torch.randn(8, 6)).pow(2).mean()

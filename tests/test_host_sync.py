@@ -125,7 +125,7 @@ def test_no_host_reads_on_unchecked_steps_and_one_per_check(options, loss_path, 
     if loss_path == "device":  # losses kept as on a GPU: added on the device, copied to the trip-wire
         monkeypatch.setattr(LossCollector, "_host_view", lambda self: None)
     per_step, monitor = counted_steps(23, log_dir=str(tmp_path), **options)
-    assert (monitor.loss_collector._host_losses is None) == (loss_path == "device")
+    assert (monitor.collectors["loss"]._host_losses is None) == (loss_path == "device")
     assert_one_read_per_check(per_step, monitor.options.check_every)
     assert "zero_fraction" in monitor.scheduled_snapshot.stats  # the activation paths really ran
     # the loss itself: read from host memory once a step on the CPU path, never on the device path

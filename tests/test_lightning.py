@@ -68,7 +68,7 @@ def check_fit(callback, module, t):
 def test_validation_loss_reaches_the_monitor(tmp_path):
     callback = TorchHealthCallback(check_every=1, log_every=1)
     recorder, module = SnapshotRecorder(), TinyModule()
-    module.on_fit_start = lambda: callback.monitor.metric_sinks.append(recorder)
+    module.on_fit_start = lambda: callback.monitor.sinks.append(recorder)
     trainer(tmp_path, callback, max_steps=6, val_check_interval=2, num_sanity_val_steps=1).fit(
         module, val_dataloaders=module.train_dataloader())
     val = [s.val_loss for s in recorder.snapshots if s.val_loss is not None]
@@ -123,7 +123,7 @@ def test_16_mixed_precision_reads_unscaled_gradients_and_counts_skips(tmp_path):
     unscaled_norms = []
 
     def on_fit_start():
-        callback.monitor.metric_sinks.append(recorder)
+        callback.monitor.sinks.append(recorder)
 
     backward_calls = []
 

@@ -92,7 +92,7 @@ def test_the_usual_cpu_loss_costs_no_torch_operation_on_an_unchecked_step():
         model.zero_grad()
         if step in (2, 3):  # neither a check nor the step before a sampled forward
             assert counter.ops == [], f"step {step} ran {counter.ops}"
-    assert monitor.loss_collector.state()["losses"][0][2].item() == pytest.approx(loss.item(), rel=1e-6)
+    assert monitor.collectors["loss"].state()["losses"][0][2].item() == pytest.approx(loss.item(), rel=1e-6)
     monitor.close()
 
 

@@ -165,13 +165,26 @@ def test_works_without_loss_and_before_any_backward():
 
 
 def test_a_monitor_that_fails_to_build_leaves_no_hook(monkeypatch):
-    def broken_sinks(self):
+    def broken_sinks(self, sinks):
         raise OSError("disk full")
 
-    monkeypatch.setattr(torchhealth.Monitor, "_build_sinks", broken_sinks)
+    monkeypatch.setattr(torchhealth.Monitor, "_attach_sinks", broken_sinks)
     model = net()
     with pytest.raises(OSError, match="disk full"):
         torchhealth.Monitor(model)
+    assert all_hooks(model) == 0
+
+
+def test_a_collector_that_fails_to_attach_leaves_no_hook_of_those_attached_before_it():
+    class Broken(torchhealth.Collector):
+        name = "broken"
+
+        def attach(self, context):
+            raise RuntimeError("cannot attach")
+
+    model = net()
+    with pytest.raises(RuntimeError, match="cannot attach"):
+        torchhealth.Monitor(model, collectors=[*torchhealth.default_collectors(), Broken()])
     assert all_hooks(model) == 0
 
 
@@ -204,7 +217,7 @@ def test_a_loss_changed_in_place_after_recording_keeps_its_recorded_value(strict
     monitor.step()
     monitor.flush()
     assert monitor.last_snapshot.loss == 1.5
-    assert not monitor.loss_collector.tripped(), "the trip-wire saw the recorded value, not the scaled one"
+    assert not monitor.collectors["loss"].tripped(), "the trip-wire saw the recorded value, not the scaled one"
 
 
 @pytest.mark.parametrize("host_losses, dynamo", [(True, True), (False, True), (True, False)],
@@ -314,7 +327,7 @@ def test_torch_compile_loaded_between_checks_ends_the_quiet_steps_so_its_hook_is
         loss = model(torch.randn(8, 4)).pow(2).mean()
         loss.backward()
         monitor.step(loss)
-        hooked = monitor.activations._start_handle is not None
+        hooked = monitor.collectors["activations"]._start_handle is not None
         assert hooked == (step >= 4) or step == 0, step  # step 0 is sampled: its hook goes at its end
     assert taken == [True, True, True, False, True], "steps 1-3 quiet; step 4 a full one once torch.compile is loaded"
     monitor.close()

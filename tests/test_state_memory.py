@@ -25,7 +25,7 @@ def test_state_does_not_grow_with_the_number_of_steps():
         opt.zero_grad()
         if step in (100, 1000):
             sizes[step] = (state_nbytes(list(monitor.collectors.values())),
-                           sum(len(site.seen) for site in monitor.activations.sites.values()))
+                           sum(len(site.seen) for site in monitor.collectors["activations"].sites.values()))
     monitor.close()
     assert sizes[100][0] > 0
     assert sizes[1000] == sizes[100]

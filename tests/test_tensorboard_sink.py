@@ -214,10 +214,10 @@ def test_a_removed_run_directory_gets_a_new_event_file_and_the_dashboard_goes_on
     with caplog.at_level("WARNING", logger="torchhealth"):
         with torchhealth.Monitor(model, log_dir=log_dir, check_every=5, log_every=5, on_alert=lambda a: None) as monitor:
             train(monitor, model, 11)
-            monitor.metric_sinks[0].flush()
+            monitor.sinks[0].flush()
             shutil.rmtree(log_dir)  # e.g. a cleanup job, or the disk full for a moment
             train(monitor, model, 30)
-            sink = monitor.metric_sinks[0]
+            sink = monitor.sinks[0]
             assert "sink tensorboard" not in monitor.guard.disabled
     steps = [e.step for e in load(str(log_dir)).Scalars(f"health/grad_norm/{TOTAL}")]
     # the write that met the error is lost at most; every later log step is in the new file
@@ -233,14 +233,14 @@ def test_a_run_directory_that_stays_unwritable_switches_the_sink_off_after_bound
     log_dir = tmp_path / "run"
     monitor = torchhealth.Monitor(model, log_dir=log_dir, check_every=5, log_every=5, on_alert=lambda a: None)
     train(monitor, model, 6)
-    monitor.metric_sinks[0].flush()
+    monitor.sinks[0].flush()
     for name in os.listdir(log_dir):
         os.remove(log_dir / name)
     os.rmdir(log_dir)
     log_dir.write_text("not a directory")  # every new writer fails to make its directory
     with caplog.at_level("WARNING", logger="torchhealth"):
         train(monitor, model, 5 * (MAX_REOPENS + 3))
-    sink = monitor.metric_sinks[0]
+    sink = monitor.sinks[0]
     assert sink.reopens == MAX_REOPENS
     assert "sink tensorboard" in monitor.guard.disabled
     assert monitor.step_count == 6 + 5 * (MAX_REOPENS + 3), "training went on"

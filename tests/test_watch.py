@@ -18,7 +18,7 @@ from tests.helpers import SnapshotRecorder, batches, make_model
 def watched(model, opt, **kwargs):
     monitor = torchhealth.watch(model, opt, check_every=1, log_every=1, on_alert=[lambda a: None], **kwargs)
     recorder = SnapshotRecorder()
-    monitor.metric_sinks.append(recorder)
+    monitor.sinks.append(recorder)
     return monitor, recorder
 
 

@@ -7,13 +7,18 @@ Two lines in an existing loop::
     loss.backward(); monitor.step(loss); opt.step()
 """
 
+from torchhealth.collectors import AttachContext, Collector, default_collectors
+from torchhealth.detectors import Detector, default_detectors
 from torchhealth.detectors.alert import Alert
 from torchhealth.errors import TrainingHealthError, TrainingHealthWarning
+from torchhealth.facts import ModelFacts
 from torchhealth.monitor import Monitor
 from torchhealth.options import MonitorOptions
+from torchhealth.sinks import Sink, SinkContext, default_sinks
 from torchhealth.snapshot import Snapshot
 from torchhealth.watch import watch
 
 __version__ = "0.1.0"
-__all__ = ["Alert", "Monitor", "MonitorOptions", "Snapshot", "TrainingHealthError", "TrainingHealthWarning", "__version__",
-           "watch"]
+__all__ = ["Alert", "AttachContext", "Collector", "Detector", "ModelFacts", "Monitor", "MonitorOptions", "Sink",
+           "SinkContext", "Snapshot", "TrainingHealthError", "TrainingHealthWarning", "__version__", "default_collectors",
+           "default_detectors", "default_sinks", "watch"]

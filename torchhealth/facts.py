@@ -35,6 +35,7 @@ class ModelFacts:
         bias_mean: ``{layer: mean bias}`` of Linear/Conv layers at attach time.
         plain_stack: True when the model is built only from Sequential/ModuleList containers,
             so it has no room for residual connections.
+        under_fp16_autocast: Whether a sampled forward ran under fp16 autocast (AMP).
     """
 
     layer_types: dict[str, str] = field(default_factory=dict)
@@ -47,6 +48,7 @@ class ModelFacts:
     init_gain: dict[str, float] = field(default_factory=dict)
     bias_mean: dict[str, float] = field(default_factory=dict)
     plain_stack: bool = False
+    under_fp16_autocast: bool = False
 
     @classmethod
     def from_model(cls, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> "ModelFacts":

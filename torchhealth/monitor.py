@@ -12,16 +12,17 @@ import torch
 from torch import nn
 
 from torchhealth import distributed
-from torchhealth.amp import check_scaler, gradient_scale
-from torchhealth.collectors import ActivationCollector, Collector, GradientCollector, LossCollector, WeightCollector
-from torchhealth.collectors.steps import SkippedStepCollector
+from torchhealth.amp import check_scaler
+from torchhealth.collectors import Collector, default_collectors
+from torchhealth.collectors.base import IDLE, AttachContext
 from torchhealth.detectors import Alert, Detector, default_detectors
 from torchhealth.errors import TrainingHealthError
 from torchhealth.facts import ModelFacts
 from torchhealth.layers import parameter_layers, unwrap
 from torchhealth.options import MonitorOptions, alert_handlers
 from torchhealth.safety import Guard
-from torchhealth.sinks import CallbackSink, JsonlAlertSink, LoggingSink, Sink, TensorBoardSink, WarningSink
+from torchhealth.sinks import CallbackSink, LoggingSink, Sink, WarningSink, default_sinks
+from torchhealth.sinks.base import SinkContext
 from torchhealth.sinks.webhook import WebhookSink
 from torchhealth.snapshot import Snapshot
 from torchhealth.transfer import HostCopy
@@ -68,6 +69,13 @@ class Monitor:
             ``scaler.scale(loss).backward()`` and ``scaler.step(optimizer)``: gradients are then read
             unscaled, and the steps the scaler skips are counted (``Snapshot.skipped_steps``) rather
             than read as non-finite gradients. Needs ``optimizer``. bf16 autocast needs nothing.
+        collectors: The statistics to collect, as ``Collector`` instances (``docs/extending.md``);
+            None for ``torchhealth.default_collectors()``. A list replaces the defaults: add yours
+            with ``[*torchhealth.default_collectors(), MyCollector()]``.
+        detectors: The rules, as ``Detector`` instances; None for ``torchhealth.default_detectors()``.
+        sinks: Where snapshots and alerts go, as ``Sink`` instances; None for
+            ``torchhealth.default_sinks()`` (TensorBoard and ``alerts.jsonl`` under ``log_dir``).
+            The ``on_alert`` policies and ``webhook_url`` are added to either.
         **options: See ``MonitorOptions`` (``check_every``, ``log_every``, ``sample_every``,
             ``window_samples``, ``on_alert``, ``strict``, ...).
 
@@ -77,7 +85,9 @@ class Monitor:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 log_dir: str | os.PathLike | None = None, scaler: Any = None, **options: Any) -> None:
+                 log_dir: str | os.PathLike | None = None, scaler: Any = None,
+                 collectors: list[Collector] | None = None, detectors: list[Detector] | None = None,
+                 sinks: list[Sink] | None = None, **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -88,6 +98,9 @@ class Monitor:
                 raise ValueError("scaler= needs the optimizer that the scaler steps: "
                                  "torchhealth.Monitor(model, optimizer, scaler=scaler)")
         self.options = MonitorOptions.from_kwargs(**options)
+        collectors = _parts("collectors", collectors, Collector, default_collectors)
+        detectors = _parts("detectors", detectors, Detector, lambda: default_detectors(self.options))
+        sinks = _parts("sinks", sinks, Sink, default_sinks)
         self.model = model
         self.optimizer = optimizer
         self.rank, self.world_size = distributed.rank_and_world()
@@ -114,35 +127,26 @@ class Monitor:
         distributed.handshake(self._fingerprint(params, copies))
         self.facts = ModelFacts.from_model(inner, optimizer)
         device = params[0][2].device if params else torch.device("cpu")
-        # The trip-wire decides on one rank's loss; under torch.distributed every rank must check at
-        # the same steps (a check is a collective), so there checks follow the schedule alone.
-        self.loss_collector = LossCollector(device, self.options.check_every, tripwire=self.world_size == 1)
-        self.weights = WeightCollector(params, device, copies) if optimizer is not None else None
-        # a disabled scaler (GradScaler(enabled=False) for fp32 runs of the same script) never skips: NaN is NaN
-        scale = (lambda: gradient_scale(scaler, optimizer)) if scaler is not None and scaler.is_enabled() else None
-        self.collectors: dict[str, Collector] = {
-            "loss": self.loss_collector,
-            "gradients": GradientCollector(params, device, self.options.per_parameter, copies, scale),
-        }
-        if self.weights is not None:
-            self.collectors["weights"] = self.weights
-        self.skipped_steps = SkippedStepCollector(
-            scaler, optimizer, self.guard.wrap("amp", self._scaler_skipped),
-            under_fp16_autocast=lambda: self.activations.under_fp16_autocast)
-        self.collectors["skipped_steps"] = self.skipped_steps
 
-        self.detectors: list[Detector] = default_detectors(self.options)
-        self.metric_sinks: list[Sink] = []
-        self.alert_sinks: list[Sink] = []
+        self.detectors: list[Detector] = detectors
+        self.sinks: list[Sink] = []
         self._raise_on_critical = False
-        self._build_sinks()
-        # last: it puts hooks on the user's model, and nothing that can still fail may leave them there
-        self.activations = ActivationCollector(
-            inner, self.facts, self.options.check_every, self.options.window_samples,
-            functional=self.options.functional_activations, guard=self.guard)
-        self.collectors["activations"] = self.activations
-        self._collector_names = list(self.collectors)
+        self._attach_sinks(sinks)
+        self.collectors: dict[str, Collector] = {}
+        context = AttachContext(inner, model, optimizer, self.options, params, copies, device, self.facts, self.guard,
+                                self.world_size, scaler, self.guard.wrap("amp", self._scaler_skipped))
+        # last: collectors put hooks on the user's model, and nothing that can still fail may leave them there
+        for collector in collectors:
+            try:
+                if collector.attach(context):
+                    self.collectors[collector.name] = collector
+            except BaseException:
+                for attached in self.collectors.values():
+                    self.guard.call(f"collector {attached.name} close", attached.close)
+                raise
+        self._all_collectors = dict(self.collectors)  # the check schedule, failed parts included (the same on every rank)
         self._failed_parts = 0
+        self._wire_collectors()
         # under torch.distributed, what every rank has agreed the reduced state looks like
         self._agreement = distributed.LayoutAgreement(self.guard, self.facts, self._parts,
                                                       self._retire_failed_collectors) if self.world_size > 1 else None
@@ -183,9 +187,9 @@ class Monitor:
             new += self.guard.call("check", self._finish_check, default=[])
         step = self.step_count
         offset = step - self._interval_start
-        tripped = self.guard.call("collector loss", self.loss_collector.on_step, loss, offset, default=False)
-        if self.activations.observed or self.activations.sampling:
-            self.guard.call("collector activations", self.activations.file_step, offset)
+        tripped = False
+        for part, collector in self._on_step:
+            tripped |= bool(self.guard.call(part, collector.on_step, loss, offset, default=False))
         if val_loss is not None:
             self.log_validation(val_loss)
         scheduled = step % self.options.check_every == 0
@@ -199,10 +203,9 @@ class Monitor:
                 self.guard.call("check agreement", self._agreement.reduce, self._scheduled(step), {}, {})
             else:
                 new += self.guard.call("check", self._check, step, default=[])
-        if self.weights is not None and (step + 1) % self.options.log_every == 0:
-            self.guard.call("collector weights", self.weights.remember_weights)
+        for part, collector in self._after_step:
+            self.guard.call(part, collector.after_step, step)
         self.step_count += 1
-        self.activations.prepare(self.step_count % self.options.sample_every == 0)
         self._quiet_from, self._quiet_until = self.step_count, self.step_count + self._quiet_steps_ahead()
         if new:
             self._deliver(new)
@@ -214,35 +217,37 @@ class Monitor:
 
     def _quiet_step(self, loss: torch.Tensor | float | None) -> bool:
         """Records a step that needs nothing but its loss; False when it needs the full ``step()``."""
-        if not self.activations.settled():  # torch.compile loaded since: the full step puts its hook in place
-            return False
+        offset = self.step_count - self._interval_start
         try:
-            recorded = self.loss_collector.record_quiet_step(loss, self.step_count - self._interval_start)
+            for collector in self._quiet_parts:  # parts that only test first: a False leaves nothing recorded
+                if not collector.quiet_step(loss, offset):
+                    return False
         except Exception:  # recorded nothing: the full step runs it again under the guard, which reports it
             return False
-        if recorded:
-            self.step_count += 1
-        return recorded
+        self.step_count += 1
+        return True
 
     def _quiet_steps_ahead(self) -> int:
         """How many of the next steps need nothing but their loss recorded.
 
-        No check, weight copy or sampled forward falls on them, nothing waits (a check's copy from
-        the GPU, alerts to deliver), no part has failed, the hooks are as unsampled forwards need
-        them, and the loss reaches the host without a device add (losses kept on the host when
-        training on the CPU, or copied there by the trip-wire from a GPU). Most steps are such steps,
-        and the training loop waits for each: ``step()`` records their loss in a few operations
-        instead of walking the whole schedule.
+        No check falls on them, no collector needs its per-step calls (``Collector.idle_steps``: a
+        weight copy, a sampled forward, a loss that cannot be recorded quietly), nothing waits (a
+        check's copy from the GPU, alerts to deliver) and no part has failed. Most steps are such
+        steps, and the training loop waits for each: ``step()`` records them in a few operations
+        (``Collector.quiet_step``) instead of walking the whole schedule.
         """
-        if (self._reading is not None or self._carried or self._static_alerts or self.guard.disabled
-                or not self.loss_collector.records_quietly or not self.activations.settled()):
+        if self._reading is not None or self._carried or self._static_alerts or self.guard.disabled:
             return 0
-        step, options = self.step_count, self.options
-        return min((-step) % options.check_every, (-step - 1) % options.log_every, (-step - 1) % options.sample_every)
+        step = self.step_count
+        ahead = (-step) % self.options.check_every
+        for collector in self._idle_parts:
+            ahead = min(ahead, collector.idle_steps(step))
+        return ahead
 
     def log_validation(self, loss: torch.Tensor | float) -> None:
         """Reports a validation loss; it appears in the next snapshot (and enables overfitting checks)."""
-        self.guard.call("collector loss", self.loss_collector.record_validation, loss)
+        for part, collector in self._parts_named:
+            self.guard.call(part, collector.on_validation_loss, loss)
 
     def flush(self) -> list[Alert]:
         """Reads a check whose statistics are still on their way from the GPU, at once.
@@ -304,9 +309,9 @@ class Monitor:
         self._static_alerts = [a for a in self._static_alerts if (a.kind, a.layer, a.message) not in sent]
         self.step_count = self._interval_start = state["step"]
         self._reading, self._carried, self._quiet_until = None, [], 0
-        for name, collector in self.collectors.items():
-            self.guard.call(f"collector {name}", collector.reset_interval)
-        self.activations.sampling = self.step_count % self.options.sample_every == 0
+        for part, collector in self._parts_named:
+            self.guard.call(part, collector.reset_interval)
+            self.guard.call(part, collector.resume, self.step_count)
 
     # -- driven from outside: torchhealth.watch() and the Lightning / Hugging Face callbacks --------
     def log_loss(self, loss: torch.Tensor | float) -> None:
@@ -316,16 +321,21 @@ class Monitor:
         optimizer): call it after computing the loss and before ``optimizer.step()``. Calls for
         several micro-batches of one step are averaged.
         """
-        self.guard.call("collector loss", self.loss_collector.record, loss, self.step_count - self._interval_start)
+        offset = self.step_count - self._interval_start
+        for part, collector in self._parts_named:
+            self.guard.call(part, collector.on_loss, loss, offset)
 
     def record_skipped_step(self) -> None:
         """Counts an optimizer step that AMP's GradScaler skipped; call it instead of ``step``."""
-        self.guard.call("collector skipped_steps", self.skipped_steps.record)
+        self._skipped(recorded=False)
 
     def _scaler_skipped(self) -> None:
         """After ``scaler.step`` skipped the step that ``step()`` just recorded (``Monitor(scaler=)``)."""
-        if self.weights is not None and self.step_count % self.options.log_every == 0:
-            self.weights.forget_update()  # that step copied the weights to measure its update, which never came
+        self._skipped(recorded=True)
+
+    def _skipped(self, recorded: bool) -> None:
+        for part, collector in self._parts_named:
+            self.guard.call(part, collector.on_skipped_step, recorded)
 
     def attach(self, driver: Any) -> None:
         """Keeps ``driver`` (anything with ``close()``, e.g. hooks that call ``step``) until ``close``."""
@@ -347,7 +357,8 @@ class Monitor:
         static, self._static_alerts = self._static_alerts, []
         self._deliver(static, may_raise=False)  # a monitor closed before its first step still reports them
         self._flush(may_raise=False)
-        if self.world_size == 1 and (self.step_count > self._interval_start or self.skipped_steps.skipped):
+        if self.world_size == 1 and (self.step_count > self._interval_start
+                                     or any(c.pending() for c in self.collectors.values())):
             # The steps since the last check (their losses, AMP skips, a late validation loss) are
             # checked and logged once more. Not under torch.distributed: a check is a collective,
             # and a rank closing after an error elsewhere would wait for ranks that are gone.
@@ -355,7 +366,7 @@ class Monitor:
             self._deliver(final, may_raise=False)
         for name, collector in self.collectors.items():
             self.guard.call(f"collector {name}", collector.close)
-        for sink in self.metric_sinks + self.alert_sinks:
+        for sink in self.sinks:
             self.guard.call(f"sink {sink.name}", sink.close)
 
     def __enter__(self) -> "Monitor":
@@ -381,9 +392,7 @@ class Monitor:
     def _scheduled(self, step: int, final: bool = False) -> list[str]:
         """The collectors a check at ``step`` reads, by name (the same on every rank)."""
         logging = step % self.options.log_every == 0 or final
-        # Weight norms and update ratios are read on log steps only: they cost several passes over
-        # the parameters, and no detector needs them between two TensorBoard writes.
-        return [name for name in self._collector_names if logging or name != "weights"]
+        return [name for name, collector in self._all_collectors.items() if collector.reads(logging)]
 
     def _start_check(self, step: int, final: bool) -> _Reading | None:
         """Device side of a check: raw state, one all-reduce, one copy to the host, reset.
@@ -421,7 +430,7 @@ class Monitor:
         for name, collector in reading.collectors.items():
             self.guard.call(f"collector {name}", collector.finish, per_collector[name], snapshot, reading.interval_start)
         if reading.logging:
-            for sink in self.metric_sinks:
+            for sink in self.sinks:
                 self.guard.call(f"sink {sink.name}", sink.write_snapshot, snapshot)
         self.last_snapshot = snapshot
         return [a for d in self.detectors
@@ -439,7 +448,7 @@ class Monitor:
             return
         self.alerts.extend(alerts)
         del self.alerts[:-MAX_ALERT_HISTORY]
-        for sink in self.alert_sinks:
+        for sink in self.sinks:
             self.guard.call(f"sink {sink.name}", sink.write_alerts, alerts)
         if may_raise:
             self._raise_critical(alerts)
@@ -465,10 +474,21 @@ class Monitor:
             if any(part in self.guard.disabled for part in self._parts(name, checks_off)):
                 del self.collectors[name]
                 self.guard.call(f"collector {name} close", collector.close)
+        self._wire_collectors()
+
+    def _wire_collectors(self) -> None:
+        """Lists, once, which collectors take which per-step call (the base class's calls do nothing)."""
+        named = [(f"collector {name}", c) for name, c in self.collectors.items()]
+        self._parts_named = named
+        self._on_step = [(part, c) for part, c in named if type(c).on_step is not Collector.on_step]
+        self._after_step = [(part, c) for part, c in named if type(c).after_step is not Collector.after_step]
+        self._idle_parts = [c for _, c in named if type(c).idle_steps is not Collector.idle_steps]
+        self._quiet_parts = sorted((c for _, c in named if type(c).quiet_step is not Collector.quiet_step),
+                                   key=lambda c: c.records_quiet_steps)
 
     def _parts(self, name: str, checks: bool = True) -> list[str]:
         """The guarded parts whose failure switches collector ``name`` off (``checks``: "check" too)."""
-        return [f"collector {name}"] + (["activation hooks"] if name == "activations" else []) + (["check"] if checks else [])
+        return [f"collector {name}", *self._all_collectors[name].parts] + (["check"] if checks else [])
 
     def _checks_off(self) -> bool:
         """Whether checks have failed and stopped. Under torch.distributed only once every rank knows:
@@ -495,24 +515,24 @@ class Monitor:
         }
 
     # -- wiring ------------------------------------------------------------------------------------
-    def _build_sinks(self) -> None:
-        if self.log_dir is not None and self.rank == 0:
-            tensorboard = TensorBoardSink(self.log_dir)
-            self.metric_sinks.append(tensorboard)
-            self.alert_sinks += [tensorboard, JsonlAlertSink(self.log_dir)]
+    def _attach_sinks(self, sinks: list[Sink]) -> None:
+        """The given sinks that apply here (TensorBoard and JSONL only with a ``log_dir``, on rank 0),
+        then the ``on_alert`` policies and the webhook."""
+        context = SinkContext(self.log_dir, self.rank, self.world_size, self.options)
+        self.sinks = [sink for sink in sinks if sink.attach(context)]
         for index, handler in enumerate(alert_handlers(self.options.on_alert)):
             if handler == "log":
                 if self.rank == 0:
-                    self.alert_sinks.append(LoggingSink())
+                    self.sinks.append(LoggingSink())
             elif handler == "warn":
                 if self.rank == 0:
-                    self.alert_sinks.append(WarningSink())
+                    self.sinks.append(WarningSink())
             elif handler == "raise":
                 self._raise_on_critical = True
             else:
-                self.alert_sinks.append(CallbackSink(handler, index))
+                self.sinks.append(CallbackSink(handler, index))
         if self.options.webhook_url is not None and self.rank == 0:
-            self.alert_sinks.append(WebhookSink(self.options.webhook_url, log_dir=self.log_dir))
+            self.sinks.append(WebhookSink(self.options.webhook_url, log_dir=self.log_dir))
 
 
 def _alert_from_dict(record: dict[str, Any]) -> Alert:
@@ -533,3 +553,21 @@ def _writable_dir(path: str | os.PathLike) -> str:
         raise ValueError(f"log_dir {path!r} cannot be written ({exc.strerror or exc}); "
                          f"pass a writable directory, or log_dir=None to write no files") from exc
     return path
+
+
+def _parts(what: str, given: Any, kind: type, defaults: Any) -> list[Any]:
+    """``given`` as a list of ``kind`` instances (``defaults()`` when None); TypeError naming the fix otherwise."""
+    if given is None:
+        return list(defaults())
+    if isinstance(given, kind) or not isinstance(given, (list, tuple)):
+        raise TypeError(f"{what}= takes a list of torchhealth.{kind.__name__} instances, got {type(given).__name__}; "
+                        f"to add one to the defaults pass [*torchhealth.default_{what}(), yours]")
+    wrong = [type(item).__name__ for item in given if not isinstance(item, kind)]
+    if wrong:
+        raise TypeError(f"{what}= takes torchhealth.{kind.__name__} instances (subclass it), got {', '.join(wrong)}")
+    if kind is Collector:
+        names = [item.name for item in given]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"collectors= has more than one collector named {twice}: give each its own ``name``")
+    return list(given)

@@ -74,7 +74,7 @@ class RecordingCallback(TorchHealthCallback):
     def on_fit_start(self, trainer, pl_module):
         super().on_fit_start(trainer, pl_module)
         self.monitor.detectors += [DeadUnitsRule(), NonFiniteRule()]
-        self.monitor.metric_sinks.append(self.recorder)
+        self.monitor.sinks.append(self.recorder)
         step = self.monitor.step
 
         def counted_step(*args, **kwargs):

@@ -418,7 +418,7 @@ def scenario_moe(rank, world, out_dir, counter):
     record = train(ddp, monitor, optimizer, rank, 21, counter,
                    forward=lambda m, x, step: m(x, spare=step < SPARE_UNTIL and dist.get_rank() == 0))
     monitor.close()
-    record["sites_seen_here"] = sorted(site.name for site in monitor.activations.sites.values() if not site.placeholder)
+    record["sites_seen_here"] = sorted(site.name for site in monitor.collectors["activations"].sites.values() if not site.placeholder)
     return record
 
 
@@ -577,7 +577,7 @@ SCENARIOS = {
     "agreement_fails": lambda *a: scenario_fails_on_one_rank(*a, "agreement_fails", lambda m: torchhealth.distributed,
                                                              "_describe"),
     # an activation hook, inside rank 1's forward
-    "hooks_fail": lambda *a: scenario_fails_on_one_rank(*a, "hooks_fail", lambda m: m.activations, "_observe"),
+    "hooks_fail": lambda *a: scenario_fails_on_one_rank(*a, "hooks_fail", lambda m: m.collectors["activations"], "_observe"),
     "nan_raise": scenario_nan_raise,
     "wrapped_differently": scenario_wrapped_differently,
     "refused": scenario_refused,

@@ -29,11 +29,11 @@ def elements(value) -> int:
 def state_sizes(monitor: Monitor) -> dict[str, int]:
     """Every container a monitor could grow, with its size."""
     tensors = [t for c in monitor.collectors.values() for t in vars(c).values() if isinstance(t, torch.Tensor)]
-    tensors += [t for s in monitor.activations.sites.values() for t in (s.fires, s.off, s.flags.flags)]
+    tensors += [t for s in monitor.collectors["activations"].sites.values() for t in (s.fires, s.off, s.flags.flags)]
     return {
         "tensor elements": sum(t.numel() for t in tensors),
-        "sites": len(monitor.activations.sites),
-        "calls": len(monitor.activations._calls),
+        "sites": len(monitor.collectors["activations"].sites),
+        "calls": len(monitor.collectors["activations"]._calls),
         "alerts": len(monitor.alerts),
         "forward order": len(monitor.facts.forward_order),
         "activations": len(monitor.facts.activations),

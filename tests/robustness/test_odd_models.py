@@ -189,7 +189,7 @@ def test_a_copy_of_the_model_made_after_attaching_does_not_feed_the_monitor():
         loss = (model(x) - target).pow(2).mean()
         loss.backward()
         monitor.step(loss)
-    assert list(monitor.activations.sites) == [("1", 0)]
+    assert list(monitor.collectors["activations"].sites) == [("1", 0)]
     assert monitor.last_snapshot.stats["zero_fraction"]["1"] < 1.0  # not the teacher's all-zero output
     monitor.close()
 
@@ -212,7 +212,7 @@ def test_a_step_that_calls_the_model_s_parts_keeps_one_site_per_module():
         loss = model.training_step(torch.randn(8, 4))
         loss.backward()
         monitor.step(loss)
-    assert list(monitor.activations.sites) == [("body.1", 0)]
+    assert list(monitor.collectors["activations"].sites) == [("body.1", 0)]
     monitor.close()
 
 
@@ -335,8 +335,8 @@ def test_model_moved_between_devices_after_attaching(start, end):
     assert monitor.last_snapshot.stats["grad_norm"]["fc2"] == pytest.approx(expected, rel=1e-5)
     assert monitor.last_snapshot.loss == pytest.approx(loss.item())
     device = torch.device(end).type
-    assert monitor.loss_collector.losses.flags.device.type == device, "loss state follows the loss"
-    assert {s.fires.device.type for s in monitor.activations.sites.values()} == {device}
+    assert monitor.collectors["loss"].losses.flags.device.type == device, "loss state follows the loss"
+    assert {s.fires.device.type for s in monitor.collectors["activations"].sites.values()} == {device}
     optimizer.step()
     optimizer.zero_grad()
     for _ in range(3):

@@ -23,7 +23,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, file_values, first_nonfinite, host_values
+from torchhealth.collectors.base import (Arrays, AttachContext, Collector, State, StepFlags, file_values, first_nonfinite,
+                                         host_values)
 from torchhealth.facts import ModelFacts
 from torchhealth.safety import Guard
 from torchhealth.layers import ROOT_NAME, activation_kind, clean_name, compiled_wrapper, unit_axis, unwrap
@@ -121,14 +122,48 @@ class Site:
 
 
 class ActivationCollector(Collector):
-    """Hooks activation modules (and, optionally, functional activations) of a model."""
+    """Hooks activation modules (and, optionally, functional activations) of a model.
 
-    def __init__(self, model: nn.Module, facts: ModelFacts, interval: int, window_samples: int,
-                 functional: bool = True, guard: Guard | None = None) -> None:
+    Args (each taken from the monitor at ``attach`` when not given; with ``model``, it hooks the
+    model at once):
+        model: The model to hook.
+        facts: Its ``ModelFacts`` (forward order and functional sites are added as they are found).
+        interval: Steps per check interval.
+        window_samples: Samples a per-unit activity window must see before units are judged dead.
+        functional: Also watch ``F.relu``/``torch.sigmoid``/... called inside ``forward``.
+        guard: Where hook failures are reported (the monitor's ``safety.Guard``).
+        sample_every: Forwards are sampled every this many steps.
+    """
+
+    name = "activations"
+    parts = ("activation hooks",)
+
+    def __init__(self, model: nn.Module | None = None, facts: ModelFacts | None = None, interval: int | None = None,
+                 window_samples: int | None = None, functional: bool | None = None, guard: Guard | None = None,
+                 sample_every: int | None = None) -> None:
+        self._given = (interval, window_samples, functional, guard, sample_every)
+        if model is not None:
+            self._bind(model, facts if facts is not None else ModelFacts.from_model(unwrap(model)),
+                       interval or 10, window_samples or 1024, True if functional is None else functional, guard,
+                       sample_every or 1)
+
+    def attach(self, context: AttachContext) -> bool:
+        if not hasattr(self, "model"):
+            interval, window_samples, functional, guard, sample_every = self._given
+            options = context.options
+            self._bind(context.model, context.facts, interval or options.check_every,
+                       window_samples or options.window_samples,
+                       options.functional_activations if functional is None else functional,
+                       guard or context.guard, sample_every or options.sample_every)
+        return True
+
+    def _bind(self, model: nn.Module, facts: ModelFacts, interval: int, window_samples: int, functional: bool,
+              guard: Guard | None, sample_every: int) -> None:
         self.model = unwrap(model)
         self.facts = facts
         self.interval = interval
         self.window_samples = window_samples
+        self.sample_every = sample_every
         self._sampling = True
         # set once a forward runs under torch.compile, or when part of the model is compiled already: hooks then stay
         self._compiled = _compiled_inside(self.model)
@@ -154,7 +189,6 @@ class ActivationCollector(Collector):
         self._hooks_ran = False  # an activation hook ran in this step's sampled forwards
         self._unseen_forwards = 0  # sampled steps in a row in which none ran
         self._warned_unseen = False
-        self.under_fp16_autocast = False  # a sampled forward ran under fp16 autocast (AMP's GradScaler hint)
         # each site's latest closed window's dead share, shown at every log step; replaced, never changed in
         # place, so that every snapshot can hold it without a copy
         self._dead_shares: dict[str, float] = {}
@@ -174,6 +208,25 @@ class ActivationCollector(Collector):
         """Sets whether the next forwards are sampled, with the hooks that needs (called every step: cheap)."""
         if sampling != self._sampling or (self._start_handle is None and compiler_loaded()):
             self.sampling = sampling
+
+    # -- the monitor's per-step calls -------------------------------------------------------------
+    def on_step(self, loss: Any, offset: int) -> bool:
+        if self.observed or self._sampling:
+            self.file_step(offset)
+        return False
+
+    def after_step(self, step: int) -> None:
+        self.prepare((step + 1) % self.sample_every == 0)
+
+    def idle_steps(self, step: int) -> int:
+        # the step before a sampled one prepares its hooks
+        return (-step - 1) % self.sample_every if self.settled() else 0
+
+    def quiet_step(self, loss: Any, offset: int) -> bool:
+        return self.settled()  # False once torch.compile is loaded: the full step puts the pre-hook in place
+
+    def resume(self, step: int) -> None:
+        self.sampling = step % self.sample_every == 0
 
     def settled(self) -> bool:
         """Whether the next unsampled steps need nothing from this collector: no sampled statistics
@@ -237,8 +290,8 @@ class ActivationCollector(Collector):
         if not self._sampling:
             return
         self._calls.clear()
-        if not self.under_fp16_autocast and not torch.compiler.is_compiling():
-            self.under_fp16_autocast = any(torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+        if not self.facts.under_fp16_autocast and not torch.compiler.is_compiling():  # for the AMP hint
+            self.facts.under_fp16_autocast = any(torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
                                            for device in ("cuda", "cpu"))
         # Not again once part of the model is compiled: its graphs guard on the global hooks and the
         # function mode, and new ones at every sampled forward would recompile it every time.

@@ -1,4 +1,14 @@
-"""The collector contract: on-device running state, one batched read per check.
+"""The collector contract: on-device running state, one batched read per check, its own schedule.
+
+A collector is attached to a monitor once (``attach``: its hooks, its device, what it reads from
+the model), then driven by the monitor, which names none of them and calls each the same way:
+
+- per training step, ``on_step`` before a check and ``after_step`` after it; on steps that a
+  collector says need nothing from it (``idle_steps``), only ``quiet_step``, which costs nothing
+  unless overridden (the loss collector records the loss there, in a few operations);
+- events any collector may use: ``on_loss``/``on_validation_loss`` (losses reported outside
+  ``step``), ``on_skipped_step`` (AMP's GradScaler skipped an optimizer step);
+- at checks the three phases below, for the collectors whose ``reads`` says so.
 
 A check works in three phases, the same for every collector:
 
@@ -18,20 +28,127 @@ in numpy, where each operation on the device would cost a kernel launch (on a CP
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, Iterable, Tuple, Union
+import dataclasses
+from typing import Any, Dict, Hashable, Iterable, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 
 from torchhealth.snapshot import Snapshot
 
 State = Dict[str, Tuple[Union[torch.Tensor, np.ndarray], str]]
 Arrays = Dict[str, np.ndarray]
+IDLE = 1 << 62
+"""``idle_steps`` of a collector that needs no per-step call at all."""
+
+
+@dataclasses.dataclass
+class AttachContext:
+    """What a collector may read when it attaches to a monitor (``Collector.attach``).
+
+    Attributes:
+        model: The model, wrappers (DDP, FSDP1, torch.compile) looked through.
+        wrapped: The model as the user passed it.
+        optimizer: Its optimizer, or None.
+        options: The monitor's ``MonitorOptions`` (``check_every``, ``sample_every``, ...).
+        params: ``(name, layer, parameter)`` of every trainable parameter (``layers.parameter_layers``).
+        copies: How many ranks hold each parameter's rank-local tensor (``distributed.replica_counts``).
+        device: Where the parameters are (the CPU for a model without any).
+        facts: The monitor's ``ModelFacts``, shared by every part (forward order, layer types, ...).
+        guard: The monitor's ``safety.Guard``: wrap hooks in ``guard.wrap(part, fn)``.
+        world_size: Ranks of the process group (1 without one).
+        scaler: AMP's GradScaler of a loop that calls ``Monitor.step`` itself, or None.
+        skipped_step: Call it when ``scaler`` skipped the step the monitor just recorded: every
+            collector gets ``on_skipped_step(recorded=True)``.
+    """
+
+    model: nn.Module
+    wrapped: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    options: Any
+    params: list
+    copies: list[float]
+    device: torch.device
+    facts: Any
+    guard: Any
+    world_size: int = 1
+    scaler: Any = None
+    skipped_step: Any = None
 
 
 class Collector:
-    """Base class of one statistic family's collector."""
+    """Base class of one statistic family's collector.
 
+    Attributes:
+        name: Its key in ``Monitor.collectors`` (unique per monitor); its failures are reported as
+            the part ``"collector <name>"``.
+        parts: Other guarded parts whose failure switches it off too (e.g. ``"activation hooks"``).
+        records_quiet_steps: Whether ``quiet_step`` records something (asked after those that only test).
+    """
+
+    name = "collector"
+    parts: tuple[str, ...] = ()
+    records_quiet_steps = False
+
+    def attach(self, context: AttachContext) -> bool:
+        """Binds the collector to one monitor's model (hooks, device, parameters); called once, last
+        in the monitor's construction, in list order.
+
+        Returns:
+            False when it does not apply to this model or loop (it is then dropped), else True.
+        """
+        return True
+
+    # -- schedule and per-step calls ---------------------------------------------------------------
+    def reads(self, logging: bool) -> bool:
+        """Whether a check reads ``state()``: ``logging`` says whether the check writes TensorBoard."""
+        return True
+
+    def idle_steps(self, step: int) -> int:
+        """How many steps from ``step`` on need no ``on_step``/``after_step`` (``quiet_step`` only).
+
+        The monitor takes the minimum over its collectors and the check schedule. ``0`` asks for the
+        full path at ``step``; the default (``IDLE``) never asks. Must not change between two calls
+        unless a full step ran.
+        """
+        return IDLE
+
+    def on_step(self, loss: Any, offset: int) -> bool:
+        """One full training step, before its check; ``offset`` is the step's place in the check interval.
+
+        Returns:
+            True to ask for a check at this step (the loss trip-wire); the default asks nothing.
+        """
+        return False
+
+    def after_step(self, step: int) -> None:
+        """The end of full step ``step``, after its check (e.g. prepare the next forward's hooks)."""
+
+    def quiet_step(self, loss: Any, offset: int) -> bool:
+        """A step inside an idle range. Returns False, having recorded nothing, when the step needs
+        the full path after all; the default needs nothing and returns True."""
+        return True
+
+    # -- events ------------------------------------------------------------------------------------
+    def on_loss(self, loss: Any, offset: int) -> None:
+        """A training loss reported with ``Monitor.log_loss`` (the step is not over)."""
+
+    def on_validation_loss(self, loss: Any) -> None:
+        """A validation loss reported with ``Monitor.log_validation``."""
+
+    def on_skipped_step(self, recorded: bool) -> None:
+        """AMP's GradScaler skipped an optimizer step. ``recorded``: the monitor had recorded that
+        step (``Monitor(scaler=)``); else the step never reached the monitor (``watch``, callbacks)."""
+
+    def pending(self) -> bool:
+        """Whether something recorded outside steps waits for a check (read by ``close()``'s final check)."""
+        return False
+
+    def resume(self, step: int) -> None:
+        """The monitor resumes at ``step`` (``Monitor.load_state_dict``), after ``reset_interval``."""
+
+    # -- the check ---------------------------------------------------------------------------------
     def state(self) -> State:
         """Returns ``{name: (tensor or host array, "sum" | "mean")}``: additive raw state to reduce and read."""
         return {}

@@ -9,7 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from torchhealth.collectors.base import Arrays, Collector, State, file_values, host_values
+from torchhealth.amp import gradient_scale
+from torchhealth.collectors.base import Arrays, AttachContext, Collector, State, file_values, host_values
 from torchhealth.snapshot import TOTAL, Snapshot
 
 ParamEntry = tuple[str, str, torch.nn.Parameter]
@@ -89,7 +90,7 @@ class LayerIndex:
 class GradientCollector(Collector):
     """Per-parameter, per-layer and total gradient L2 norms, computed only on check steps.
 
-    Args:
+    Args (each taken from the monitor at ``attach`` when not given):
         params: ``(name, layer, parameter)`` entries as from ``layers.parameter_layers``.
         device: Where the norms are computed.
         per_parameter: Also file each parameter's norm (``param_grad_norm``).
@@ -100,12 +101,32 @@ class GradientCollector(Collector):
             skips: that check files no gradient statistics instead of a non-finite gradient.
     """
 
-    def __init__(self, params: list[ParamEntry], device: torch.device, per_parameter: bool = True,
-                 copies: list[float] | None = None, scale: Callable[[], torch.Tensor | None] | None = None) -> None:
-        self.params = params
-        self.scale = scale
-        self.device = device
+    name = "gradients"
+
+    def __init__(self, params: list[ParamEntry] | None = None, device: torch.device | None = None,
+                 per_parameter: bool | None = None, copies: list[float] | None = None,
+                 scale: Callable[[], torch.Tensor | None] | None = None) -> None:
         self.per_parameter = per_parameter
+        self.scale = scale
+        if params is not None:
+            self._bind(params, device or torch.device("cpu"), copies)
+
+    def attach(self, context: AttachContext) -> bool:
+        if self.per_parameter is None:
+            self.per_parameter = context.options.per_parameter
+        scaler, optimizer = context.scaler, context.optimizer
+        # a disabled scaler (GradScaler(enabled=False) for fp32 runs of the same script) never skips: NaN is NaN
+        if self.scale is None and scaler is not None and scaler.is_enabled():
+            self.scale = lambda: gradient_scale(scaler, optimizer)
+        if not hasattr(self, "params"):
+            self._bind(context.params, context.device, context.copies)
+        return True
+
+    def _bind(self, params: list[ParamEntry], device: torch.device, copies: list[float] | None) -> None:
+        if self.per_parameter is None:
+            self.per_parameter = True
+        self.params = params
+        self.device = device
         self.index = LayerIndex(params, copies)
         self.names = [name for name, _, _ in params]
         self._params = [p for _, _, p in params]

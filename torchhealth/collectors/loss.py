@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 import torch
 
-from torchhealth.collectors.base import Arrays, Collector, State, StepFlags, host_values
+from torchhealth.collectors.base import IDLE, Arrays, AttachContext, Collector, State, StepFlags, host_values
 from torchhealth.collectors.tripwire import FLOAT32_MAX, LossTripwire
 from torchhealth.snapshot import Snapshot
 
@@ -26,9 +26,32 @@ class LossCollector(Collector):
     the trip-wire's host slot, and the check's ``finish`` reads it from there (by then the copy has
     landed: it was queued before the check's own copy, which ``finish`` has waited for, on the
     current CUDA stream, which the trip-wire's event assumes too).
+
+    Args:
+        device: Where the losses are kept; with ``interval``, builds the state now (else at ``attach``).
+        interval: Steps per check interval.
+        tripwire: Whether a loss spike asks for an early check (not under torch.distributed, where
+            every rank must check at the same steps); at ``attach``, when None, without a process group.
     """
 
-    def __init__(self, device: torch.device, interval: int, tripwire: bool = True) -> None:
+    name = "loss"
+    records_quiet_steps = True
+
+    def __init__(self, device: torch.device | None = None, interval: int | None = None,
+                 tripwire: bool | None = None) -> None:
+        self._tripwire_wanted = tripwire
+        if device is not None and interval is not None:
+            self._build(device, interval, True if tripwire is None else tripwire)
+
+    def attach(self, context: AttachContext) -> bool:
+        if not hasattr(self, "losses"):
+            # The trip-wire decides on one rank's loss; under torch.distributed every rank must check
+            # at the same steps (a check is a collective), so there checks follow the schedule alone.
+            tripwire = context.world_size == 1 if self._tripwire_wanted is None else self._tripwire_wanted
+            self._build(context.device, context.options.check_every, tripwire)
+        return True
+
+    def _build(self, device: torch.device, interval: int, tripwire: bool) -> None:
         self.tripwire = LossTripwire(interval, device) if tripwire else None
         with torch.inference_mode(False):  # stays updatable if the monitor is built inside inference_mode()
             self.losses = StepFlags(interval, device)  # each step's loss (micro-batches summed) at its offset
@@ -56,6 +79,18 @@ class LossCollector(Collector):
             self._follow(value.device)
         self.losses.mark(offset, value)
         self._counts[offset] += 1
+
+    def idle_steps(self, step: int) -> int:
+        return IDLE if self.records_quietly else 0
+
+    def quiet_step(self, loss: torch.Tensor | float | None, offset: int) -> bool:
+        return self.record_quiet_step(loss, offset)
+
+    def on_loss(self, loss: torch.Tensor | float, offset: int) -> None:
+        self.record(loss, offset)
+
+    def on_validation_loss(self, loss: torch.Tensor | float) -> None:
+        self.record_validation(loss)
 
     @property
     def records_quietly(self) -> bool:

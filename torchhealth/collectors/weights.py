@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from torchhealth.collectors.base import Arrays, Collector, State, file_values, host_values
+from torchhealth.collectors.base import Arrays, AttachContext, Collector, State, file_values, host_values
 from torchhealth.collectors.gradients import (LayerIndex, ParamEntry, current_device, local_tensor, sharded,
                                               squared_norms)
 from torchhealth.snapshot import Snapshot
@@ -19,10 +19,28 @@ class WeightCollector(Collector):
     the step before (before the optimizer steps); the check compares them with the weights it
     finds. The copy lives in buffers kept between checks and the difference is taken in place, so
     a check allocates no parameter-sized memory (fresh allocations cost page faults on CPU and
-    allocator traffic on GPU).
+    allocator traffic on GPU). At ``attach`` it takes the monitor's parameters and ``log_every``; a
+    loop without an optimizer measures no updates and gets no weight collector.
     """
 
-    def __init__(self, params: list[ParamEntry], device: torch.device, copies: list[float] | None = None) -> None:
+    name = "weights"
+
+    def __init__(self, params: list[ParamEntry] | None = None, device: torch.device | None = None,
+                 copies: list[float] | None = None, log_every: int = 1) -> None:
+        self.log_every = log_every
+        self._just_remembered = False  # by the last full step: its update is measured at the next check
+        if params is not None:
+            self._bind(params, device or torch.device("cpu"), copies)
+
+    def attach(self, context: AttachContext) -> bool:
+        if context.optimizer is None:
+            return False
+        self.log_every = context.options.log_every
+        if not hasattr(self, "params"):
+            self._bind(context.params, context.device, context.copies)
+        return True
+
+    def _bind(self, params: list[ParamEntry], device: torch.device, copies: list[float] | None) -> None:
         self.params = params
         self.device = device
         self.index = LayerIndex(params, copies)
@@ -51,6 +69,27 @@ class WeightCollector(Collector):
     def forget_update(self) -> None:
         """Drops the weights ``remember_weights`` copied: the optimizer step after it did not run."""
         self._before = None
+
+    # Weight norms and update ratios are read on log steps only: they cost several passes over the
+    # parameters, and no detector needs them between two TensorBoard writes.
+    def reads(self, logging: bool) -> bool:
+        return logging
+
+    def idle_steps(self, step: int) -> int:
+        return (-step - 1) % self.log_every  # the step before a log step copies the weights
+
+    def on_step(self, loss: object, offset: int) -> bool:
+        self._just_remembered = False
+        return False
+
+    def after_step(self, step: int) -> None:
+        if (step + 1) % self.log_every == 0:
+            self.remember_weights()
+            self._just_remembered = True
+
+    def on_skipped_step(self, recorded: bool) -> None:
+        if recorded and self._just_remembered:
+            self.forget_update()  # that step copied the weights to measure its update, which never came
 
     def state(self) -> State:
         if not self.params:

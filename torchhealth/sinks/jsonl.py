@@ -6,19 +6,24 @@ import json
 import os
 
 from torchhealth.detectors.alert import Alert
-from torchhealth.sinks.base import Sink
+from torchhealth.sinks.base import FileSink
 
 ALERTS_FILE = "alerts.jsonl"
 
 
-class JsonlAlertSink(Sink):
+class JsonlAlertSink(FileSink):
     """Appends alerts to ``<log_dir>/alerts.jsonl``; critical alerts are fsync'ed at once."""
 
     name = "jsonl"
 
-    def __init__(self, log_dir: str) -> None:
-        self.path = os.path.join(log_dir, ALERTS_FILE)
+    def __init__(self, log_dir: str | None = None) -> None:
+        super().__init__(log_dir)
         self._file = None
+
+    @property
+    def path(self) -> str:
+        """The alerts file."""
+        return os.path.join(self.log_dir, ALERTS_FILE)
 
     def write_alerts(self, alerts: list[Alert]) -> None:
         if not alerts:

@@ -6,7 +6,7 @@ import logging
 from typing import Any, Callable
 
 from torchhealth.detectors.alert import Alert
-from torchhealth.sinks.base import Sink
+from torchhealth.sinks.base import FileSink
 from torchhealth.snapshot import Snapshot
 
 try:  # a C implementation of CRC32C for TensorBoard's record checksums (``use_native_checksums``)
@@ -46,7 +46,7 @@ def scalar_tag(family: str, layer: str) -> str:
     return f"{TAG_PREFIX}/{family}/{layer}"
 
 
-class TensorBoardSink(Sink):
+class TensorBoardSink(FileSink):
     """Writes with TensorBoard's own writer: one scalar tag per statistic and layer (never ``add_scalars``).
 
     The writer is created on the first write, so a run that logs nothing leaves no empty files. A
@@ -57,8 +57,8 @@ class TensorBoardSink(Sink):
 
     name = "tensorboard"
 
-    def __init__(self, log_dir: str) -> None:
-        self.log_dir = log_dir
+    def __init__(self, log_dir: str | None = None) -> None:
+        super().__init__(log_dir)
         self._writer = None
         self.reopens = 0  # writers replaced after a failed write
 
