@@ -260,18 +260,16 @@ def test_step_after_close_raises_between_checks():
 
 
 def test_a_step_count_set_from_outside_is_checked_on_its_own_schedule():
-    """A resumed run may set ``step_count`` directly (integrations.state.restore_monitor does)."""
-    from torchhealth.integrations.state import restore_monitor
-
+    """A resumed run may start counting anywhere (``start_at``: the Hugging Face callback does)."""
     model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
     monitor = torchhealth.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.01), check_every=10,
                                   log_every=10, sample_every=10, on_alert=lambda a: None)
     checked = [0]
     for step in range(32):
         if step == 3:
-            restore_monitor(monitor, {"step_count": 10})  # forward, past the schedule's next check
+            monitor.start_at(10)  # forward, past the schedule's next check
         if step == 15:
-            restore_monitor(monitor, {"step_count": 5})  # back, before a check already passed
+            monitor.start_at(5)  # back, before a check already passed
         loss = model(torch.randn(4, 2)).pow(2).mean()
         loss.backward()
         monitor.step(loss)
@@ -279,6 +277,8 @@ def test_a_step_count_set_from_outside_is_checked_on_its_own_schedule():
         if monitor.last_snapshot.step != checked[-1]:
             checked.append(monitor.last_snapshot.step)
     assert checked == [0, 10, 20, 10, 20]
+    with pytest.raises(ValueError, match="step number"):
+        monitor.start_at(-1)
 
 
 @pytest.mark.parametrize("host_losses", [True, False], ids=["losses on the host", "losses on a device"])

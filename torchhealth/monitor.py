@@ -307,11 +307,22 @@ class Monitor:
         self.alerts = [_alert_from_dict(d) for d in state.get("alerts", [])][-MAX_ALERT_HISTORY:]
         sent = {(a.kind, a.layer, a.message) for a in self.alerts}
         self._static_alerts = [a for a in self._static_alerts if (a.kind, a.layer, a.message) not in sent]
-        self.step_count = self._interval_start = state["step"]
+        self.start_at(state["step"])
+
+    def start_at(self, step: int) -> None:
+        """Counts steps from ``step`` on, with a new check interval (``load_state_dict`` does it too).
+
+        For a run resumed from a checkpoint that holds no monitor state (the Hugging Face Trainer
+        resumes its global step): checks, logs and sampled forwards then follow the schedule from
+        there. A check still being read from the GPU is dropped.
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"start_at() takes a step number (an int >= 0), got {step!r}")
+        self.step_count = self._interval_start = step
         self._reading, self._carried, self._quiet_until = None, [], 0
         for part, collector in self._parts_named:
             self.guard.call(part, collector.reset_interval)
-            self.guard.call(part, collector.resume, self.step_count)
+            self.guard.call(part, collector.resume, step)
 
     # -- driven from outside: torchhealth.watch() and the Lightning / Hugging Face callbacks --------
     def log_loss(self, loss: torch.Tensor | float) -> None:

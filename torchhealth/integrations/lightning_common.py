@@ -10,7 +10,6 @@ import os
 from typing import Any
 
 from torchhealth.amp import unscale_and_check
-from torchhealth.integrations.state import monitor_state, restore_monitor
 from torchhealth.monitor import Monitor
 
 DEFAULT_SUBDIR = "torchhealth"
@@ -55,8 +54,7 @@ class LightningHealthLogic:
         log_dir = self._run_dir(trainer) if trainer.is_global_zero else None
         self.monitor = Monitor(pl_module, self._optimizer, log_dir=log_dir, **self.options)
         if self._pending_state is not None:
-            restore_monitor(self.monitor, self._pending_state)
-            self._pending_state = None
+            self._restore(self._pending_state)
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
         if self.monitor is not None:
@@ -92,14 +90,20 @@ class LightningHealthLogic:
             self.monitor.close()
 
     def state_dict(self) -> dict[str, Any]:
-        return monitor_state(self.monitor) if self.monitor is not None else dict(self._pending_state or {})
+        if self.monitor is None:
+            return dict(self._pending_state or {})
+        return {"monitor": self.monitor.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores callbacks before on_fit_start builds the monitor.
         self._pending_state = dict(state_dict)
         if self.monitor is not None and not self.monitor.closed:
-            restore_monitor(self.monitor, self._pending_state)
-            self._pending_state = None
+            self._restore(self._pending_state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
+        self._pending_state = None
 
     def _run_dir(self, trainer: Any) -> str:
         for logger in trainer.loggers:

@@ -20,7 +20,6 @@ if not hasattr(TrainerCallback, "on_pre_optimizer_step"):  # added in transforme
                       f"found {transformers.__version__}: pip install -U 'torchhealth[transformers]'")
 
 from torchhealth.amp import unscale_and_check
-from torchhealth.integrations.state import restore_monitor
 from torchhealth.monitor import Monitor
 
 DEFAULT_SUBDIR = os.path.join("runs", "torchhealth")
@@ -65,7 +64,7 @@ class TorchHealthCallback(TrainerCallback):
         log_dir = self._run_dir(args) if state.is_world_process_zero else None
         self.monitor = Monitor(model, _inner(optimizer), log_dir=log_dir, **self.options)
         if state.global_step:  # resumed from a checkpoint: keep counting optimizer steps from there
-            restore_monitor(self.monitor, {"step_count": state.global_step})
+            self.monitor.start_at(state.global_step)
         self._loss_hook = model.register_forward_hook(self.monitor.guard.wrap("loss hook", self._record_loss))
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
