@@ -12,7 +12,6 @@ from torch import nn
 from torchhealth.detectors import (DeadUnits, ExplodingGradient, LossDivergence, LossPlateau, NonFinite, Overfitting,
                                    SaturatedActivation, StaticChecks, VanishingGradient, default_detectors)
 from torchhealth.facts import ModelFacts
-from torchhealth.options import MonitorOptions
 from torchhealth.snapshot import TOTAL, Snapshot
 
 
@@ -323,20 +322,20 @@ def test_static_checks_dropout_and_final_softmax():
 # -- state ----------------------------------------------------------------------------------------------
 def test_state_dict_is_plain_data_and_resumes_episodes():
     facts = mlp_facts()
-    detectors = default_detectors(MonitorOptions())
+    detectors = default_detectors()
     seq = grad_sequence([1, 1, 1, 50, 60], [2, 2, 2, 3, 4])
     for s in seq[:4]:
         for d in detectors:
             d.check(s, facts)
     states = [json.loads(json.dumps(d.state_dict())) for d in detectors]  # JSON round trip: plain data
-    resumed = default_detectors(MonitorOptions())
+    resumed = default_detectors()
     for d, state in zip(resumed, states):
         d.load_state_dict(state)
     assert run(resumed[1], seq[4:], facts) == []  # episode still open after resume: no second alert
     assert resumed[1].state_dict() != ExplodingGradient().state_dict()
 
 
-@pytest.mark.parametrize("detector", default_detectors(MonitorOptions()), ids=lambda d: type(d).__name__)
+@pytest.mark.parametrize("detector", default_detectors(), ids=lambda d: type(d).__name__)
 def test_empty_snapshots_raise_nothing(detector):
     assert run(detector, [Snapshot(10 * i) for i in range(30)], mlp_facts()) == []
 

@@ -33,7 +33,8 @@ FSDP_SCENARIOS = ["fsdp2", "fsdp1", "hsdp"]
 # models whose structure differs between ranks, parts that fail on one rank (the layout agreement)
 UNEVEN_SCENARIOS = ["moe", "lazy_branch", "collector_fails", "hooks_fail", "check_fails", "agreement_fails",
                     "nan_raise", "wrapped_differently"]
-ALL_TRAINING = DDP_SCENARIOS + DRIVEN_SCENARIOS + FSDP_SCENARIOS + UNEVEN_SCENARIOS
+EXTENSION_SCENARIOS = ["custom_collector"]  # a collector and a detector added through the public API
+ALL_TRAINING = DDP_SCENARIOS + DRIVEN_SCENARIOS + FSDP_SCENARIOS + UNEVEN_SCENARIOS + EXTENSION_SCENARIOS
 
 # (all_reduce calls, collectives on the group) of a check at which the ranks exchange layouts. The
 # first check always does (nothing is agreed yet): header all-reduce, all_gather_object (2
@@ -156,6 +157,16 @@ def test_one_collective_per_check_and_none_on_other_steps(run, scenario):
             expected = (0, 0) if step % CHECK_EVERY else agreeing.get(step, (1, 1))
             assert (all_reduce_calls, group_collectives) == expected, f"step {step}"
         assert record["exchanges"] == sum({MERGE: 2, (0, 0): 0}.get(counts, 1) for counts in agreeing.values())
+
+
+def test_a_users_collector_is_reduced_with_the_others_and_its_rule_decides_alike_on_every_rank(run):
+    out, _ = run
+    rank0, rank1 = both(run, "custom_collector")
+    snr = [s["stats"].get("gradient_snr") for s in rank0["snapshots"]]
+    assert snr[0] is None and all(v and set(v) == {"0", "2"} for v in snr[1:]), snr  # one step at step 0: no SNR
+    noisy = [(a["layer"], a["step"]) for a in rank0["delivered"] if a["kind"] == "noisy_gradients"]
+    assert noisy == [("0", 10), ("2", 10)] and rank0["delivered"] == rank1["delivered"]
+    assert {"health/gradient_snr/0", "health/gradient_snr/2"} <= scalar_tags(str(out / "custom_collector"))
 
 
 def test_mixture_of_experts_with_per_rank_routing_trains_to_the_end_with_one_picture(run):

@@ -159,11 +159,14 @@ def _report(args: argparse.Namespace) -> int:
         step = "-" if report.last_step is None else report.last_step
         loss = "" if report.loss is None else f", loss {_fmt(report.loss)}"
         table = Table(title=f"{report.run_dir} (last step {step}{loss})", title_justify="left")
-        for column in ("layer", "grad norm", "grad norm min", "grad norm max", "dead units", "update ratio"):
-            table.add_column(column, justify="left" if column == "layer" else "right")
+        other = list(dict.fromkeys(family for h in report.layers.values() for family in h.other))  # user collectors'
+        for column in ("layer", "grad norm", "grad norm min", "grad norm max", "dead units", "update ratio", *other):
+            table.add_column(column.replace("_", " ") if column in other else column,
+                             justify="left" if column == "layer" else "right")
         for layer, h in report.layers.items():
             table.add_row(layer, _fmt(h.grad_norm), _fmt(h.grad_norm_min), _fmt(h.grad_norm_max),
-                          "-" if h.dead_units is None else f"{h.dead_units:.0%}", _fmt(h.update_ratio))
+                          "-" if h.dead_units is None else f"{h.dead_units:.0%}", _fmt(h.update_ratio),
+                          *(_fmt(h.other.get(family)) for family in other))
         console.print(table)
         if not report.alerts:
             console.print("  [green]no alerts[/]\n")

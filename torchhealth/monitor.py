@@ -99,7 +99,7 @@ class Monitor:
                                  "torchhealth.Monitor(model, optimizer, scaler=scaler)")
         self.options = MonitorOptions.from_kwargs(**options)
         collectors = _parts("collectors", collectors, Collector, default_collectors)
-        detectors = _parts("detectors", detectors, Detector, lambda: default_detectors(self.options))
+        detectors = _parts("detectors", detectors, Detector, default_detectors)
         sinks = _parts("sinks", sinks, Sink, default_sinks)
         self.model = model
         self.optimizer = optimizer

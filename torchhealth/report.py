@@ -18,6 +18,9 @@ from torchhealth.sinks.jsonl import ALERTS_FILE
 from torchhealth.sinks.tensorboard import TAG_PREFIX
 
 EVENT_FILE_PATTERN = "events.out.tfevents.*"
+BUILT_IN_FAMILIES = ("grad_norm", "param_grad_norm", "weight_norm", "update_ratio", "zero_fraction", "dead_units",
+                     "saturation")
+"""Families of the default collectors; the report shows the others under ``LayerHealth.other``."""
 
 
 class NoRunError(ValueError):
@@ -34,6 +37,8 @@ class LayerHealth:
         grad_norm_max: Largest gradient norm logged; non-finite if any was (exploding shows here).
         dead_units: Latest fraction of the layer's units that never activated in a window.
         update_ratio: Latest ||update|| / ||weight||.
+        other: ``{family: latest value}`` of the families of collectors added by the user
+            (``health/<family>/<layer>`` tags of no built-in family).
     """
 
     grad_norm: float | None = None
@@ -41,6 +46,7 @@ class LayerHealth:
     grad_norm_max: float | None = None
     dead_units: float | None = None
     update_ratio: float | None = None
+    other: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,6 +142,8 @@ def _file_scalars(report: RunReport, tag: str, points: list[tuple[int, float]]) 
         health.grad_norm_max = bad[0] if bad else max(values)
     elif family in ("dead_units", "update_ratio"):
         setattr(report.layers.setdefault(layer, LayerHealth()), family, latest)
+    elif family not in BUILT_IN_FAMILIES:
+        report.layers.setdefault(layer, LayerHealth()).other[family] = latest
 
 
 def _parse_line(line: str) -> dict | None:

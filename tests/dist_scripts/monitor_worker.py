@@ -556,6 +556,25 @@ def scenario_refused(rank, world, out_dir, counter):
     return record
 
 
+def scenario_custom_collector(rank, world, out_dir, counter):
+    """A collector and a detector of the user's own (examples/custom_statistic.py), added through the
+    public API: their state joins the one reduction, and every rank sees the same values and alerts."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "custom_statistic.py")
+    spec = importlib.util.spec_from_file_location("custom_statistic", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model = make_model().to(DEVICE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ddp, monitor = ddp_monitor(model, out_dir, "custom_collector", optimizer, on_alert=[lambda a: None], log_every=5,
+                               collectors=[*torchhealth.default_collectors(), example.GradientSNR()],
+                               detectors=[*torchhealth.default_detectors(), example.NoisyGradients(threshold=1e9, checks=2)])
+    record = train(ddp, monitor, optimizer, rank, 20, counter)
+    monitor.close()
+    return record
+
+
 SCENARIOS = {
     "ddp_data": scenario_ddp_data,
     "fault_every_rank": lambda r, w, o, c: scenario_fault(r, w, o, c, "fault_every_rank", range(w)),
@@ -581,6 +600,7 @@ SCENARIOS = {
     "nan_raise": scenario_nan_raise,
     "wrapped_differently": scenario_wrapped_differently,
     "refused": scenario_refused,
+    "custom_collector": scenario_custom_collector,
 }
 
 

@@ -20,7 +20,7 @@ def _no_leaks():
 def with_detectors(monkeypatch):
     """Makes new Monitors run the given detectors instead of the defaults."""
     def install(*detectors):
-        monkeypatch.setattr("torchhealth.monitor.default_detectors", lambda options: list(detectors))
+        monkeypatch.setattr("torchhealth.monitor.default_detectors", lambda: list(detectors))
         return detectors
     return install
 

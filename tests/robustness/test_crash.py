@@ -23,7 +23,7 @@ TRAINING = textwrap.dedent("""
     class Early(HighLossDetector):
         kind = "test_early_warning"
 
-    torchhealth.monitor.default_detectors = lambda options: [
+    torchhealth.monitor.default_detectors = lambda: [
         Early(limit=float(sys.argv[2]) / 2), HighLossDetector(limit=float(sys.argv[2]), severity="critical")]
     torch.manual_seed(0)
     model = Net()

@@ -1,6 +1,6 @@
 """Property-based tests: random and adversarial statistics never break the monitor or its detectors.
 
-The detector tests are generic over whatever ``default_detectors(MonitorOptions())`` returns, so they
+The detector tests are generic over whatever ``default_detectors()`` returns, so they
 cover every detector as it lands; the snapshots are generated over every statistic family.
 """
 
@@ -45,7 +45,7 @@ def facts() -> ModelFacts:
 
 
 def detectors():
-    found = default_detectors(MonitorOptions())
+    found = default_detectors()
     if not found:
         pytest.skip("default_detectors() returns no detectors yet")
     return found

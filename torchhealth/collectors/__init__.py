@@ -1,7 +1,7 @@
 """On-device statistic collectors, one file per statistic family."""
 
 from torchhealth.collectors.activations import ActivationCollector
-from torchhealth.collectors.base import AttachContext, Collector
+from torchhealth.collectors.base import AttachContext, Collector, file_values
 from torchhealth.collectors.gradients import GradientCollector
 from torchhealth.collectors.loss import LossCollector
 from torchhealth.collectors.steps import SkippedStepCollector
@@ -18,4 +18,4 @@ def default_collectors() -> list[Collector]:
 
 
 __all__ = ["AttachContext", "Collector", "ActivationCollector", "GradientCollector", "LossCollector",
-           "SkippedStepCollector", "WeightCollector", "default_collectors"]
+           "SkippedStepCollector", "WeightCollector", "default_collectors", "file_values"]

@@ -13,14 +13,14 @@ from torchhealth.detectors.overfitting import Overfitting
 from torchhealth.detectors.saturated_activation import SaturatedActivation
 from torchhealth.detectors.static_checks import StaticChecks
 from torchhealth.detectors.vanishing_gradient import VanishingGradient
-from torchhealth.options import MonitorOptions
 
 DETECTORS = (NonFinite, ExplodingGradient, VanishingGradient, DeadUnits, SaturatedActivation,
              LossDivergence, LossPlateau, Overfitting, StaticChecks)
 
 
-def default_detectors(options: MonitorOptions) -> list[Detector]:
-    """The detectors a Monitor runs with ``options`` (fresh instances: detectors keep history)."""
+def default_detectors() -> list[Detector]:
+    """The detectors a Monitor runs by default, with their default thresholds (fresh instances:
+    detectors keep history). Add yours with ``[*torchhealth.default_detectors(), MyDetector()]``."""
     return [cls() for cls in DETECTORS]
 
 

@@ -64,7 +64,12 @@ class Detector:
         """An alert of this detector's kind, with ranked suggestions from ``advice``."""
         evidence = dict(evidence or {})
         return Alert(kind=self.kind, layer=layer, step=step, severity=severity, value=float(value), message=message,
-                     suggestions=suggest(self.kind, facts, evidence), evidence=evidence)
+                     suggestions=self.advise(facts, evidence), evidence=evidence)
+
+    def advise(self, facts: ModelFacts, evidence: dict[str, Any]) -> list[str]:
+        """Ranked fixes for this detector's alert (``advice.suggest`` by kind); a detector of your own
+        overrides it to give its own."""
+        return suggest(self.kind, facts, evidence)
 
     def episode(self, key: str, facts: ModelFacts, *, step: int, severity: str, **alert: Any) -> list[Alert]:
         """Reports the problem for episode ``key``; returns ``[alert]`` when one is due, else ``[]``."""
