@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 
 import pytest
@@ -13,7 +14,8 @@ from torch import nn
 from tests.helpers import all_hooks
 import torchhealth
 from torchhealth.collectors import activations
-from torchhealth.collectors.activations import _SiteTensors
+from torchhealth.collectors import activation_hooks
+from torchhealth.collectors.activation_sites import SiteBuffers
 
 
 def run(monitor, model, *inputs, steps=1):
@@ -185,7 +187,8 @@ def test_filing_all_relu_sites_at_once_gives_what_filing_each_site_gives(monkeyp
 
     batched, used = train()
     assert used, "the usual model takes the batched path"
-    monkeypatch.setattr(activations, "_SiteTensors", lambda *fields: _SiteTensors(*fields[:-1], ()))
+    lay_out = SiteBuffers.lay_out
+    monkeypatch.setattr(SiteBuffers, "lay_out", lambda sites, interval: dataclasses.replace(lay_out(sites, interval), columns=()))
     per_site, used = train()
     assert not used
     assert sorted(batched) == sorted(per_site) == [0, 4, 7, 8, 12]  # the NaN loss forces a check at step 7
@@ -315,7 +318,7 @@ def test_unsampled_eager_forwards_run_without_any_monitor_hook(strict_monitor, m
 
     (Once torch.compile is loaded in the process the model's pre-forward hook stays: see below.)
     """
-    monkeypatch.setattr(activations, "compiler_loaded", lambda: False)
+    monkeypatch.setattr(activation_hooks, "compiler_loaded", lambda: False)
     model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
     monitor = strict_monitor(model, sample_every=3, check_every=1, log_every=1)
     carried = []
@@ -331,7 +334,7 @@ def test_unsampled_forwards_carry_only_the_model_pre_hook_once_torch_compile_is_
     """Creating any torch.optim optimizer imports dynamo, so this is what a real training loop
     pays on an unsampled forward: the one hook a later torch.compile must find (test_compile)."""
     torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
-    assert activations.compiler_loaded()
+    assert activation_hooks.compiler_loaded()
     model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
     monitor = strict_monitor(model, sample_every=3, check_every=1, log_every=1)
     carried = []

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from torchhealth.collectors.activations import positive_counts
+from torchhealth.collectors.activation_sites import positive_counts
 
 from tests.helpers import run_with_events
 

@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchhealth
-from torchhealth.collectors import activations
+from torchhealth.collectors import activation_sites
 from torchhealth.collectors.loss import LossCollector
 
 HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "__complex__"}
@@ -150,8 +150,8 @@ def test_a_planted_host_read_is_caught(plant, monkeypatch):
         monkeypatch.setattr(LossCollector, "record",
                             lambda self, loss, offset: (self.losses.flags[offset].item(), record(self, loss, offset)))
     else:
-        observe = activations.Site.observe
-        monkeypatch.setattr(activations.Site, "observe", lambda self, x: (bool(x.amax() > 0), observe(self, x)))
+        observe = activation_sites.Site.observe
+        monkeypatch.setattr(activation_sites.Site, "observe", lambda self, x: (bool(x.amax() > 0), observe(self, x)))
     per_step, monitor = counted_steps(7, check_every=5, log_every=5, sample_every=3)
     planted_step = 3  # unchecked; its forward is sampled
     assert per_step[planted_step][0], "the counter missed a planted host read"

@@ -231,7 +231,7 @@ def test_steps_with_nothing_but_a_loss_to_record_take_the_quiet_path_and_change_
     def run(quiet_path):
         monkeypatch.undo()
         if not dynamo:
-            monkeypatch.setattr("torchhealth.collectors.activations.compiler_loaded", lambda: False)
+            monkeypatch.setattr("torchhealth.collectors.activation_hooks.compiler_loaded", lambda: False)
         return run_with_events(quiet_path, monkeypatch, host_losses)
 
     quiet_snapshots, quiet_alerts, tried = run(True)
@@ -317,7 +317,7 @@ def test_torch_compile_loaded_between_checks_ends_the_quiet_steps_so_its_hook_is
     """Without torch.compile loaded, unsampled forwards need no hook and steps are quiet; once it is
     loaded, the next step is a full one, which puts the compile-safe pre-forward hook in place."""
     loaded = [False]
-    monkeypatch.setattr("torchhealth.collectors.activations.compiler_loaded", lambda: loaded[0])
+    monkeypatch.setattr("torchhealth.collectors.activation_hooks.compiler_loaded", lambda: loaded[0])
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     monitor = torchhealth.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.01), on_alert=lambda a: None)
     taken = quiet_steps_tried(monkeypatch)
@@ -327,7 +327,7 @@ def test_torch_compile_loaded_between_checks_ends_the_quiet_steps_so_its_hook_is
         loss = model(torch.randn(8, 4)).pow(2).mean()
         loss.backward()
         monitor.step(loss)
-        hooked = monitor.collectors["activations"]._start_handle is not None
+        hooked = monitor.collectors["activations"].hooks._start_handle is not None
         assert hooked == (step >= 4) or step == 0, step  # step 0 is sampled: its hook goes at its end
     assert taken == [True, True, True, False, True], "steps 1-3 quiet; step 4 a full one once torch.compile is loaded"
     monitor.close()

@@ -15,7 +15,8 @@ import torch
 from robustness_helpers import Net, leftover_hooks, read_alerts, train
 from torchhealth import Monitor, TrainingHealthError
 from torchhealth.collectors import ActivationCollector, GradientCollector, LossCollector, WeightCollector
-from torchhealth.collectors.activations import Site
+from torchhealth.collectors.activation_hooks import ActivationHooks
+from torchhealth.collectors.activation_sites import Site
 from torchhealth.sinks import JsonlAlertSink, TensorBoardSink
 from torchhealth.transfer import HostCopy
 
@@ -56,7 +57,7 @@ COLLECTOR_FAULTS = [
     (ActivationCollector, "finish", {"zero_fraction", "saturation"}),
     (ActivationCollector, "_observe", {"zero_fraction", "saturation"}),  # runs inside the forward hooks
     (Site, "observe", {"zero_fraction", "saturation"}),  # a site's kernels, inside the hooks
-    (ActivationCollector, "_start_sampled_forward", {"zero_fraction", "saturation"}),  # the model pre-hook's work
+    (ActivationHooks, "_start_sampled_forward", {"zero_fraction", "saturation"}),  # the model pre-hook's work
 ]
 
 
