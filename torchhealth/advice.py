@@ -22,6 +22,28 @@ RECURRENT = ("RNN", "LSTM", "GRU")
 LEAKY = ("LeakyReLU", "ELU", "PReLU", "SELU", "GELU", "SiLU", "CELU", "Mish")
 
 
+class Fix(str):
+    """A suggestion's text, plus which setting it turns which way (so fixes across a run can agree).
+
+    Attributes:
+        knob: The setting changed, with its current value where that matters, e.g.
+            ``"learning_rate@0.05"`` or ``"normalization"``; None when the fix turns no shared knob.
+        direction: ``"lower"``, ``"raise"``, ``"add"`` or ``"remove"``; two fixes of one knob with
+            different directions contradict each other.
+    """
+
+    knob: str | None
+    direction: str | None
+
+    def __new__(cls, text: str, knob: str | None = None, direction: str | None = None) -> "Fix":
+        fix = super().__new__(cls, text)
+        fix.knob, fix.direction = knob, direction
+        return fix
+
+    def __reduce__(self) -> tuple:
+        return Fix, (str(self), self.knob, self.direction)
+
+
 def suggest(kind: str, facts: ModelFacts, evidence: dict[str, Any] | None = None) -> list[str]:
     """Ranked suggestions for one alert.
 
@@ -49,20 +71,23 @@ def lower_lr(factor: float, why: str) -> Callable[[ModelFacts, dict], str | None
     def rule(facts: ModelFacts, evidence: dict) -> str | None:
         lr = facts.learning_rate()
         if facts.optimizer is None:
-            return f"Lower the learning rate about {factor:g}x: {why}."
+            return Fix(f"Lower the learning rate about {factor:g}x: {why}.", "learning_rate", "lower")
         if not lr:
             return None
-        return f"Lower the learning rate from {lr:g} to {_round(lr / factor):g}: {why}."
+        return Fix(f"Lower the learning rate from {lr:g} to {_round(lr / factor):g}: {why}.", f"learning_rate@{lr:g}",
+                   "lower")
     return rule
 
 
 def clip(facts: ModelFacts, evidence: dict) -> str | None:
     norm = evidence.get("healthy_norm")
     if norm is None or not math.isfinite(norm) or norm <= 0:
-        return ("Clip gradients with torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0) "
-                "between backward() and optimizer.step(): it bounds the step whatever the gradient does.")
-    return (f"Clip gradients with torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={_round(2 * norm):g}) "
-            f"between backward() and optimizer.step(): healthy total gradient norms here were about {_round(norm):g}.")
+        return Fix("Clip gradients with torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0) "
+                   "between backward() and optimizer.step(): it bounds the step whatever the gradient does.",
+                   "gradient_clipping", "add")
+    return Fix(f"Clip gradients with torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={_round(2 * norm):g}) "
+               f"between backward() and optimizer.step(): healthy total gradient norms here were about {_round(norm):g}.",
+               "gradient_clipping", "add")
 
 
 def normalization(facts: ModelFacts, evidence: dict) -> str | None:
@@ -72,8 +97,8 @@ def normalization(facts: ModelFacts, evidence: dict) -> str | None:
     conv = any(t.startswith("Conv") for t in facts.layer_types.values())
     recurrent = facts.has(*RECURRENT)
     layer = "BatchNorm2d" if conv else ("LayerNorm" if recurrent or facts.has("MultiheadAttention") else "BatchNorm1d/LayerNorm")
-    return (f"Add {layer}{where}: the model has no normalization layer, so activation and gradient scales "
-            f"compound from layer to layer.")
+    return Fix(f"Add {layer}{where}: the model has no normalization layer, so activation and gradient scales "
+               f"compound from layer to layer.", "normalization", "add")
 
 
 def leaky_relu(facts: ModelFacts, evidence: dict) -> str | None:
@@ -159,7 +184,8 @@ def weight_decay(facts: ModelFacts, evidence: dict) -> str | None:
     wd = facts.weight_decay()
     name = type(facts.optimizer).__name__ if facts.optimizer is not None else "the optimizer"
     if wd:
-        return f"Raise weight decay from {wd:g} to {_round(wd * 10):g}: it penalises the large weights that memorise."
+        return Fix(f"Raise weight decay from {wd:g} to {_round(wd * 10):g}: it penalises the large weights that memorise.",
+                   f"weight_decay@{wd:g}", "raise")
     if name == "Adam":
         return "Switch to AdamW with weight_decay=0.01: Adam's L2 penalty is weak with adaptive steps; AdamW decouples it."
     return f"Add weight decay (weight_decay=1e-4 in {name}): it penalises the large weights that memorise."
@@ -178,11 +204,12 @@ def plateau_lr(facts: ModelFacts, evidence: dict) -> str | None:
         return None
     ratio = evidence.get("update_ratio")
     if ratio is not None and ratio > 1e-2:
-        return (f"Lower the learning rate from {lr:g} to {_round(lr / 10):g}: updates are {ratio:.2g} of the weights "
-                f"per step (about 1e-3 is healthy), so the optimizer bounces around instead of descending.")
+        return Fix(f"Lower the learning rate from {lr:g} to {_round(lr / 10):g}: updates are {ratio:.2g} of the "
+                   f"weights per step (about 1e-3 is healthy), so the optimizer bounces around instead of descending.",
+                   f"learning_rate@{lr:g}", "lower")
     if ratio is not None and ratio < 1e-5:
-        return (f"Raise the learning rate from {lr:g} to {_round(lr * 10):g}: updates are only {ratio:.2g} of the "
-                f"weights per step (about 1e-3 is healthy).")
+        return Fix(f"Raise the learning rate from {lr:g} to {_round(lr * 10):g}: updates are only {ratio:.2g} of the "
+                   f"weights per step (about 1e-3 is healthy).", f"learning_rate@{lr:g}", "raise")
     return None
 
 

@@ -14,6 +14,7 @@ from torchhealth import distributed
 from torchhealth.collectors import ActivationCollector, Collector, GradientCollector, LossCollector, WeightCollector
 from torchhealth.collectors.steps import SkippedStepCollector
 from torchhealth.detectors import Alert, Detector, default_detectors
+from torchhealth.detectors.diagnosis import Diagnosis, root_of
 from torchhealth.errors import TrainingHealthError
 from torchhealth.facts import ModelFacts
 from torchhealth.layers import parameter_layers, unwrap
@@ -114,6 +115,7 @@ class Monitor:
         self.collectors["skipped_steps"] = self.skipped_steps
 
         self.detectors: list[Detector] = default_detectors(self.options)
+        self.diagnosis = Diagnosis()  # links each check's alerts to earlier ones that explain them
         self.metric_sinks: list[Sink] = []
         self.alert_sinks: list[Sink] = []
         self._raise_on_critical = False
@@ -253,6 +255,7 @@ class Monitor:
             "alerts": [alert.to_dict() for alert in self.alerts],
             "detectors": [{"kind": d.kind, "state": self.guard.call(f"detector {d.kind}", d.state_dict, default={})}
                           for d in self.detectors],
+            "diagnosis": self.diagnosis.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -274,6 +277,7 @@ class Monitor:
         for detector in self.detectors:
             if saved.get(detector.kind):
                 self.guard.call(f"detector {detector.kind}", detector.load_state_dict, saved[detector.kind].pop(0))
+        self.diagnosis.load_state_dict(state.get("diagnosis", {}))
         self.alerts = [_alert_from_dict(d) for d in state.get("alerts", [])][-MAX_ALERT_HISTORY:]
         sent = {(a.kind, a.layer, a.message) for a in self.alerts}
         self._static_alerts = [a for a in self._static_alerts if (a.kind, a.layer, a.message) not in sent]
@@ -378,8 +382,10 @@ class Monitor:
             for sink in self.metric_sinks:
                 self.guard.call(f"sink {sink.name}", sink.write_snapshot, snapshot)
         self.last_snapshot = snapshot
-        return [a for d in self.detectors
-                for a in self.guard.call(f"detector {d.kind}", d.check, snapshot, self.facts, default=[])]
+        alerts = [a for d in self.detectors
+                  for a in self.guard.call(f"detector {d.kind}", d.check, snapshot, self.facts, default=[])]
+        return self.guard.call("diagnosis", self.diagnosis.link, alerts, snapshot, self.facts, self.detectors,
+                               default=alerts)
 
     def _flush(self, *, may_raise: bool) -> list[Alert]:
         if self._reading is None:
@@ -399,11 +405,16 @@ class Monitor:
             self._raise_critical(alerts)
 
     def _raise_critical(self, alerts: list[Alert]) -> None:
-        """Raises the first critical alert of ``alerts`` when ``on_alert="raise"``."""
+        """Raises on the first critical alert of ``alerts`` when ``on_alert="raise"``, naming its root cause.
+
+        A consequence never raises on its own: a critical consequence of a critical root raised with
+        the root; one of a warning raises naming that root (the root got worse).
+        """
         if self._raise_on_critical:
-            critical = next((a for a in alerts if a.severity == "critical"), None)
-            if critical is not None:
-                raise TrainingHealthError(critical)
+            for alert in alerts:
+                root = root_of(alert, self.alerts) if alert.severity == "critical" else None
+                if root is not None and (root is alert or root.severity != "critical"):
+                    raise TrainingHealthError(root)
 
     def _retire_failed_collectors(self) -> None:
         """Removes the hooks of collectors the guard switched off, so a failed part costs nothing.
