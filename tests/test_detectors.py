@@ -362,3 +362,59 @@ def test_overflow_after_a_best_loss_of_zero_or_below_claims_no_growth(best):
     for step, norm in enumerate([1.0, 1.0, float("nan")]):
         snapshot = Snapshot(step=10 * step, stats={"grad_norm": {"fc1": norm, TOTAL: norm}}, loss=best)
         assert detector.check(snapshot, facts) == []
+
+
+# -- phase-aware scales: spikes that recover, references from more than one step -------------------------
+def learning_rnn(spike: list[float], spike_losses: list[float]):
+    """A recurrent net on an initial plateau (tiny norms), then learning (norms 15x higher, loss falling), then a spike."""
+    norms = [0.07, 0.08, 0.06, 0.07, 0.08] + [0.3, 0.6, 1.0, 1.2] + [1.0, 0.9, 1.1, 0.8, 1.0, 0.9, 1.2, 1.0, 0.9, 1.1]
+    losses = [0.69, 0.69, 0.68, 0.69, 0.68] + [0.6, 0.45, 0.3, 0.2] + [0.1 * 0.95 ** i for i in range(10)]
+    return grad_sequence(norms + spike, losses + spike_losses)
+
+
+def test_a_spike_that_falls_back_is_an_advisory_gradient_spike_not_an_explosion():
+    # 8x the recent level, 100x the plateau's: measured against the first steps this was an explosion
+    alerts = run(ExplodingGradient(), learning_rnn([8.0, 3.0, 1.0, 0.9, 1.1], [0.9, 0.3, 0.07, 0.06, 0.06]),
+                 mlp_facts())
+    assert [a.kind for a in alerts] == []  # under 10x the recent level: nothing at all
+    alerts = run(ExplodingGradient(), learning_rnn([30.0, 5.0, 1.0, 0.9, 1.1], [0.9, 0.3, 0.07, 0.06, 0.06]),
+                 mlp_facts())
+    assert [(a.kind, a.severity, a.step) for a in alerts] == [("gradient_spike", "info", 190)]
+    assert alerts[0].evidence["spike_step"] == 190 and "190" in alerts[0].suggestions[0]
+
+
+def test_a_spike_that_stays_becomes_an_explosion_after_spike_checks():
+    alerts = run(ExplodingGradient(), learning_rnn([30.0, 40.0, 60.0, 90.0], [0.9, 1.2, 1.5, 2.0]), mlp_facts())
+    assert [(a.kind, a.step) for a in alerts] == [("gradient_spike", 190), ("exploding_gradient", 220)]
+    assert alerts[1].evidence["spike_step"] == 190 and alerts[1].severity == "warning"
+
+
+def test_a_sudden_critical_jump_is_an_explosion_at_once_even_with_a_recent_level():
+    alerts = run(ExplodingGradient(), learning_rnn([5e4], [5.0]), mlp_facts())
+    assert [(a.kind, a.severity, a.step) for a in alerts] == [("exploding_gradient", "critical", 190)]
+
+
+def test_norm_references_come_from_the_first_steps_not_the_first_checks():
+    # Adam on an easy task: norms fall 600x by the third check; later noise at 3x the first norm is no growth
+    norms = [0.525, 0.00733, 0.000863, 5.8e-6, 0.00845, 0.000119, 0.0278, 1.4e-7, 0.00978, 1.47]
+    losses = [1.1, 0.179, 0.0203, 0.0047, 0.0272, 0.00046, 0.0128, 0.0434, 0.0151, 0.0628]
+    assert run(ExplodingGradient(), grad_sequence(norms, losses), mlp_facts()) == []
+    assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
+
+
+def test_trap_adam_start_up_transient_is_not_divergence():
+    # the loss trip-wire adds checks at steps 1-3 while Adam's first steps overshoot; by step 10 it is back
+    steps, losses = [0, 1, 2, 3, 10, 20, 30], [0.7, 1.6, 2.9, 2.4, 0.65, 0.5, 0.4]
+    assert run(LossDivergence(), [snap(s, v) for s, v in zip(steps, losses)], mlp_facts()) == []
+    # the same shape that does not come back is divergence, once the first steps are over
+    diverged = run(LossDivergence(), [snap(s, v) for s, v in zip(steps, [0.7, 1.6, 2.9, 2.4, 3.0, 3.5, 4.0])],
+                   mlp_facts())
+    assert diverged and diverged[0].step == 10 and diverged[0].evidence["start_loss"] == 0.7
+
+
+def test_a_loss_spike_late_in_a_run_is_advisory_and_divergence_only_if_it_stays():
+    base = [0.69, 0.6, 0.45, 0.3, 0.2] + [0.1 * 0.95 ** i for i in range(10)]
+    back = run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(base + [8.0, 0.2, 0.06, 0.06])], mlp_facts())
+    assert [(a.kind, a.severity, a.step) for a in back] == [("loss_spike", "info", 150)]
+    stays = run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(base + [8.0, 7.0, 7.5, 8.0])], mlp_facts())
+    assert [a.kind for a in stays] == ["loss_spike", "loss_divergence"]

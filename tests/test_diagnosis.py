@@ -207,3 +207,16 @@ def test_demo_dead_unit_run_reads_as_one_diagnosis():
     assert {a.kind for a in result.alerts if a.caused_by} == {"vanishing_gradient", "loss_plateau"}
     fixes = [s for a in result.alerts for s in a.suggestions]
     assert not any(s.startswith("Raise the learning rate") for s in fixes)
+
+
+def test_advisories_stand_alone_and_are_listed_apart():
+    facts, diagnosis = relu_facts(), Diagnosis()
+    spike = Alert("gradient_spike", None, 190, "info", 30.0, "spike", suggest("gradient_spike", facts, {"spike_step": 190}),
+                  {"spike_step": 190})
+    out = check(diagnosis, 190, [spike], facts)
+    [plateau] = check(diagnosis, 200, [alert("loss_plateau", 200, facts)], facts)
+    assert out[0].caused_by is None and plateau.caused_by is None  # a spike explains nothing
+    summary = summarize(out + [plateau])
+    assert [r["alert"]["kind"] for r in summary["roots"]] == ["loss_plateau"]
+    assert [a["kind"] for a in summary["advisories"]] == ["gradient_spike"]
+    assert render(summarize(out))[:2] == ["Diagnosis: no problem found.", "Advisories (no problem on their own):"]

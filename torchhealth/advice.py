@@ -218,6 +218,13 @@ def check_data(facts: ModelFacts, evidence: dict) -> str | None:
             "near its starting value often means the model cannot see a signal.")
 
 
+def skip_batch(facts: ModelFacts, evidence: dict) -> str | None:
+    step = evidence.get("spike_step")
+    return (f"Look at the batches of the steps up to {step} (log their indices, or rerun with the same seed): one "
+            f"outlier, mislabelled or corrupt batch gives a spike that falls back; skip or fix it (LLM trainers skip "
+            f"the batch and go on).")
+
+
 def warmup(facts: ModelFacts, evidence: dict) -> str | None:
     return "Add a learning-rate warmup (e.g. linear over the first few hundred steps): early steps are the least stable."
 
@@ -226,6 +233,8 @@ CATALOGUE: dict[str, tuple[Callable[[ModelFacts, dict], str | None], ...]] = {
     "exploding_gradient": (
         lower_lr(10, "the gradient norm grew far beyond its own earlier scale, so each step overshoots"),
         clip, recurrent_clip, normalization, init_scale),
+    "gradient_spike": (skip_batch, clip),
+    "loss_spike": (skip_batch, clip),
     "loss_divergence": (
         lower_lr(10, "the loss climbs above where training started, the sign of steps that overshoot"),
         clip, warmup, normalization),

@@ -10,7 +10,7 @@ import sys
 from typing import Any, Sequence
 
 DEFAULT_DEMO_DIR = os.path.join("runs", "torchhealth-demo")
-SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow"}
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 PIP_NAMES = {"sklearn": "scikit-learn"}
 DEMO_LOG_EVERY = 10
 """Demo runs are a few hundred steps: every check goes to TensorBoard so the dashboard shows curves

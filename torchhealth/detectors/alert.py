@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-SEVERITIES = ("warning", "critical")
+SEVERITIES = ("info", "warning", "critical")
+"""``info`` is advisory (a spike that may be one bad batch): it never pages and is no false alarm."""
 
 
 @dataclass
@@ -18,7 +19,7 @@ class Alert:
         kind: Problem kind, e.g. ``"exploding_gradient"``.
         layer: Qualified module name the problem is located in, or None for model-wide problems.
         step: Training step (0-based count of ``Monitor.step`` calls) the alert was raised at.
-        severity: ``"warning"`` or ``"critical"``.
+        severity: ``"info"`` (advisory), ``"warning"`` or ``"critical"``.
         value: The statistic that triggered the alert.
         message: One-line human-readable explanation with the evidence.
         suggestions: Ranked fixes, most promising first, each with its reason.
@@ -85,3 +86,21 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+TINY = 1e-8
+"""Magnitudes below this print as ``<1e-8``: at float32 resolution they are noise around zero."""
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number as a reader should see it: ``exactly 0``, ``<1e-8``, ``inf``, else ``digits`` significant digits."""
+    if value is None:
+        return "-"
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "exactly 0"
+    if abs(value) < TINY:
+        return "<1e-8" if value > 0 else ">-1e-8"
+    return f"{value:.{digits}g}"

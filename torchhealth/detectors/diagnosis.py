@@ -89,6 +89,8 @@ class Diagnosis:
     # -- links -------------------------------------------------------------------------------------
     def _cause(self, alert: Alert, facts: ModelFacts) -> dict[str, Any] | None:
         """The earliest still-relevant earlier alert that explains ``alert`` (a root where one does)."""
+        if alert.severity == "info":  # advisories (spikes) stand alone
+            return None
         candidates = [r for r in self.records if alert.kind in EXPLAINS.get(r["kind"], ())
                       and self._holds(r) and self._above(r, alert, facts)]
         if alert.kind == "nonfinite":  # a loss that climbed and then overflowed; not one that overflowed at once
@@ -216,11 +218,14 @@ def summarize(alerts: Sequence[Alert | dict[str, Any]]) -> dict[str, Any]:
     """A run's diagnosis from its alerts (``Alert`` objects or their ``to_dict()`` form, oldest first).
 
     Returns:
-        ``{"roots": [{"alert": dict, "consequences": [dict, ...]}, ...], "fixes": [str, ...]}``: root
-        causes, critical first, then by step, each with the alerts that follow from it (in order);
-        and the run's fixes ranked (each root's own, first root first, without repeats).
+        ``{"roots": [{"alert": dict, "consequences": [dict, ...]}, ...], "fixes": [str, ...],
+        "advisories": [dict, ...]}``: root causes, critical first, then by step, each with the alerts
+        that follow from it (in order); the run's fixes ranked (each root's own, first root first,
+        without repeats); and the advisory (``info``) alerts, such as spikes that may be one batch.
     """
     records = [a.to_dict() if isinstance(a, Alert) else dict(a) for a in alerts]
+    advisories = [r for r in records if r.get("severity") == "info"]
+    records = [r for r in records if r.get("severity") != "info"]
     key = lambda r: (r.get("kind"), r.get("layer"), r.get("step"))  # noqa: E731
     by_key = {key(r): r for r in records}
 
@@ -247,13 +252,16 @@ def summarize(alerts: Sequence[Alert | dict[str, Any]]) -> dict[str, Any]:
         for fix in entry["alert"].get("suggestions") or []:
             if fix not in fixes and not fix.startswith("Fix the root cause first"):
                 fixes.append(fix)
-    return {"roots": ranked, "fixes": fixes}
+    return {"roots": ranked, "fixes": fixes, "advisories": advisories}
 
 
 def render(diagnosis: dict[str, Any], max_fixes: int = 5) -> list[str]:
     """``summarize``'s result as plain text lines: roots with their chains, then the ranked fixes."""
+    advisories = [f"  - {describe(a, '`')}: {a.get('message')}" for a in diagnosis.get("advisories", [])]
+    if advisories:
+        advisories.insert(0, "Advisories (no problem on their own):")
     if not diagnosis["roots"]:
-        return ["Diagnosis: no problem found."]
+        return ["Diagnosis: no problem found."] + advisories
     lines = [f"Diagnosis: {len(diagnosis['roots'])} root cause{'s' if len(diagnosis['roots']) > 1 else ''}"]
     for i, entry in enumerate(diagnosis["roots"], 1):
         root = entry["alert"]
@@ -264,4 +272,4 @@ def render(diagnosis: dict[str, Any], max_fixes: int = 5) -> list[str]:
     if diagnosis["fixes"]:
         lines.append("Fixes, most promising first:")
         lines += [f"  {i}. {fix}" for i, fix in enumerate(diagnosis["fixes"][:max_fixes], 1)]
-    return lines
+    return lines + advisories

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.advice import suggest
+from torchhealth.detectors.alert import Alert, fmt
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import median
@@ -17,17 +18,29 @@ CRITICAL_GROWTH = 1000.0
 RECOVERED_GROWTH = 3.0
 LOSS_SLACK = 1.05
 """The loss counts as improving while it is within 5% of its best value so far."""
+RECENT = 10
+"""Checks of healthy norms whose median is the run's recent level; a run with this many has a phase to compare with."""
+SPIKE_CHECKS = 3
+"""Checks a growth must last, once the run has a recent level, to be an explosion rather than a spike."""
 
 
 class ExplodingGradient(Detector):
     """Flags gradient norms that grew ``GROWTH`` times past the model's reference scale.
 
-    The reference scale is the larger of the first measured norm and the median of earlier norms
-    (outside explosions), so large-but-falling norms (regression on big targets) and late-training bounces (norms
-    that shrank near convergence and bounce back, still below the early scale) are not growth.
+    The reference follows the run: the larger of its starting level (median of the norms checked in its
+    first ``START_STEPS`` steps, up to 3, not one step where the loss trip-wire added checks: the first
+    steps of Adam/Adadelta often spike) and its recent level (median of the last
+    ``RECENT`` healthy norms). Norms measured while the loss improves are healthy whatever their size,
+    so a net that leaves an initial plateau (norms rising 10-30x as it starts learning) moves its
+    reference with it; large-but-falling norms and late-training bounces (norms that shrank near
+    convergence and bounce back, still below the starting level) are not growth.
+
     Growth only counts while the loss is not improving; a sudden jump (10x the previous check, to
     ``CRITICAL_GROWTH`` times the reference) is critical on its own, and so is an overflow after the
-    loss grew by orders of magnitude. Steps skipped by AMP's GradScaler are ignored.
+    loss grew by orders of magnitude. Once the run has a recent level, a growth short of critical is
+    first an advisory ``gradient_spike`` (with its step, so the batch can be found and skipped) and
+    becomes ``exploding_gradient`` only if it lasts ``SPIKE_CHECKS`` checks. Steps skipped by AMP's
+    GradScaler are ignored.
     """
 
     kind = "exploding_gradient"
@@ -46,30 +59,56 @@ class ExplodingGradient(Detector):
             self.remember("loss", snapshot.loss)
         layer_refs = self.memory.setdefault("layer_first", {})
         if not history:
-            self.remember("norm", norm)
+            self.remember("norm", norm, snapshot.step)
             self.memory["previous"] = norm
             layer_refs.update({k: v for k, v in norms.items() if k != TOTAL and math.isfinite(v) and v > 0})
             return []
-        reference = max(self.first("norm", 1)[0], median(history))
+        reference = self.reference(history)
         growth = norm / reference if reference > 0 else math.inf
-        if math.isfinite(norm) and growth < GROWTH:
-            self.remember("norm", norm)  # norms of an explosion never become the reference
         improving = snapshot.loss is not None and best_loss is not None and snapshot.loss <= best_loss * LOSS_SLACK
         sudden = growth >= CRITICAL_GROWTH and norm >= GROWTH * self.memory.get("previous", norm)
         self.memory["previous"] = norm
+        if growth < GROWTH or (improving and not sudden):
+            self.remember("norm", norm, snapshot.step)  # norms of an explosion never become the reference
         if sudden or (growth >= GROWTH and not improving):
             severity = "critical" if growth >= CRITICAL_GROWTH else "warning"
+            spike = self.memory.get("spike")
+            if severity == "warning" and len(history) >= RECENT and (spike is None or spike["checks"] < SPIKE_CHECKS):
+                return self._spike(snapshot, facts, norm, reference, growth)
             culprit = self._culprit(norms, layer_refs, facts)
             evidence = {"norm": norm, "reference_norm": reference, "growth": growth, "healthy_norm": reference,
                         "loss": snapshot.loss, "best_loss": best_loss, "layers": [culprit] if culprit else []}
+            if spike is not None:
+                evidence["spike_step"] = spike["step"]
             where = f"; fastest-growing layer `{culprit}`" if culprit else ""
+            lasted = f" for {spike['checks']} checks since step {spike['step']}" if spike is not None else ""
             return self.episode(MODEL, facts, step=snapshot.step, severity=severity,
                 layer=culprit, value=norm, evidence=evidence,
-                message=(f"total gradient norm {norm:.3g} is {growth:.3g}x its reference scale {reference:.3g} "
-                         f"while the loss is not improving{where}"))
+                message=(f"total gradient norm {fmt(norm)} is {fmt(growth)}x its reference scale {fmt(reference)}"
+                         f"{lasted} while the loss is not improving{where}"))
         if growth < RECOVERED_GROWTH:
+            self.memory.pop("spike", None)
             self.episodes.healthy(MODEL, snapshot.step)
         return []
+
+    def reference(self, history: list[float]) -> float:
+        """The scale a norm is compared with: the larger of the starting and the recent level."""
+        return max(median(self.first("norm")), median(history[-RECENT:]))
+
+    def _spike(self, snapshot: Snapshot, facts: ModelFacts, norm: float, reference: float, growth: float) -> list[Alert]:
+        """A growth past ``GROWTH`` in a run with a recent level: advisory at once, an explosion if it lasts."""
+        spike = self.memory.get("spike")
+        if spike is not None:
+            spike["checks"] += 1
+            return []
+        self.memory["spike"] = {"step": snapshot.step, "checks": 1}
+        evidence = {"norm": norm, "reference_norm": reference, "growth": growth, "healthy_norm": reference,
+                    "spike_step": snapshot.step, "loss": snapshot.loss}
+        return [Alert(kind="gradient_spike", layer=None, step=snapshot.step, severity="info", value=norm,
+                      evidence=evidence, suggestions=suggest("gradient_spike", facts, evidence),
+                      message=(f"total gradient norm {fmt(norm)} is {fmt(growth)}x the run's recent level "
+                               f"{fmt(reference)} in the steps up to {snapshot.step}; if it falls back within "
+                               f"{SPIKE_CHECKS} checks it was a batch, if it stays it is an explosion"))]
 
     def _overflow(self, snapshot: Snapshot, facts: ModelFacts, norm: float, history: list[float],
                   best_loss: float | None) -> list:
@@ -83,7 +122,7 @@ class ExplodingGradient(Detector):
                 or snapshot.loss < CRITICAL_GROWTH * best_loss):
             return []
         growth = snapshot.loss / best_loss
-        evidence = {"norm": norm, "reference_norm": self.first("norm", 1)[0], "healthy_norm": max(self.first("norm", 1)[0], median(history)),
+        evidence = {"norm": norm, "reference_norm": self.reference(history), "healthy_norm": self.reference(history),
                     "loss_growth": growth, "loss": snapshot.loss, "best_loss": best_loss,
                     "first_nonfinite": min(snapshot.nonfinite.values(), default=snapshot.step)}
         return self.episode(MODEL, facts, step=snapshot.step, severity="critical", layer=None, value=norm,
