@@ -418,3 +418,8 @@ def test_a_loss_spike_late_in_a_run_is_advisory_and_divergence_only_if_it_stays(
     assert [(a.kind, a.severity, a.step) for a in back] == [("loss_spike", "info", 150)]
     stays = run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(base + [8.0, 7.0, 7.5, 8.0])], mlp_facts())
     assert [a.kind for a in stays] == ["loss_spike", "loss_divergence"]
+
+
+def test_vanishing_message_says_exactly_zero_not_a_ratio_of_0():
+    alerts = run(VanishingGradient(), [layered(10 * i, 2.30, 0.0, 0.15) for i in range(10)], mlp_facts())
+    assert "norm exactly 0" in alerts[0].message and " is 0 of" not in alerts[0].message

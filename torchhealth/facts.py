@@ -35,6 +35,8 @@ class ModelFacts:
         bias_mean: ``{layer: mean bias}`` of Linear/Conv layers at attach time.
         plain_stack: True when the model is built only from Sequential/ModuleList containers,
             so it has no room for residual connections.
+        layer_groups: ``{layer: index}`` of the optimizer parameter group that holds each layer's
+            (first) parameter, for advice that names the group a fix applies to.
     """
 
     layer_types: dict[str, str] = field(default_factory=dict)
@@ -47,6 +49,7 @@ class ModelFacts:
     init_gain: dict[str, float] = field(default_factory=dict)
     bias_mean: dict[str, float] = field(default_factory=dict)
     plain_stack: bool = False
+    layer_groups: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_model(cls, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> "ModelFacts":
@@ -69,6 +72,12 @@ class ModelFacts:
                 facts.init_gain[name] = _gain(module.weight)
                 if getattr(module, "bias", None) is not None:
                     facts.bias_mean[name] = _mean(module.bias)
+        if optimizer is not None:
+            group_of = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
+            for name, module in model.named_modules():
+                index = next((group_of[id(p)] for p in module.parameters(recurse=False) if id(p) in group_of), None)
+                if index is not None:
+                    facts.layer_groups[clean_name(name)] = index
         return facts
 
     def has(self, *class_names: str) -> bool:
@@ -103,6 +112,26 @@ class ModelFacts:
             return None
         lr = self.optimizer.param_groups[0].get("lr")
         return float(lr) if lr is not None else None
+
+    def group(self, layers: Any = None) -> tuple[int, dict[str, Any]] | None:
+        """``(index, param_group)`` of the optimizer group holding the first of ``layers`` (or the layer
+        feeding it) that has one; the first group when none does; None without an optimizer."""
+        if self.optimizer is None or not self.optimizer.param_groups:
+            return None
+        for layer in list(layers or []):
+            for name in (layer, self.feeding_layer(layer)):
+                if name in self.layer_groups:
+                    index = self.layer_groups[name]
+                    return index, self.optimizer.param_groups[index]
+        return 0, self.optimizer.param_groups[0]
+
+    def feeding_layer(self, site: str) -> str | None:
+        """The weight layer that ran last before ``site`` in forward order (its pre-activations' source)."""
+        if site not in self.forward_order:
+            return None
+        before = self.forward_order[:self.forward_order.index(site)]
+        weights = set(self.weight_layers)
+        return next((layer for layer in reversed(before) if layer in weights), None)
 
     def note_forward(self, layer: str) -> None:
         """Records that ``layer`` ran (the first time it is seen) to keep forward order."""

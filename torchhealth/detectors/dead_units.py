@@ -66,18 +66,10 @@ class DeadUnits(Detector):
     def _report(self, site: str, snapshot: Snapshot, facts: ModelFacts, share: float, severity: str,
                 evidence: dict, message: str) -> list[Alert]:
         evidence = {"dead_share": share, "layers": [site], **evidence}
-        feeding = _feeding_layer(site, facts)
+        feeding = facts.feeding_layer(site)
         if feeding is not None and feeding in facts.bias_mean:
             evidence["feeding_layer"] = feeding
             evidence["preceding_bias_mean"] = facts.bias_mean[feeding]
         return self.episode(site, facts, step=snapshot.step, severity=severity, layer=site, value=share,
                             evidence=evidence, message=message)
 
-
-def _feeding_layer(site: str, facts: ModelFacts) -> str | None:
-    """The weight layer that ran last before ``site`` in forward order (its pre-activations' source)."""
-    if site not in facts.forward_order:
-        return None
-    before = facts.forward_order[:facts.forward_order.index(site)]
-    weights = set(facts.weight_layers)
-    return next((layer for layer in reversed(before) if layer in weights), None)

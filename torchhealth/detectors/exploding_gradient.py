@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 from torchhealth.advice import suggest
-from torchhealth.detectors.alert import Alert, fmt
+from torchhealth.detectors.alert import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import median
 from torchhealth.facts import ModelFacts
+from torchhealth.formatting import fmt
 from torchhealth.snapshot import TOTAL, Snapshot
 
 GROWTH = 10.0
