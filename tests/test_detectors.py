@@ -423,3 +423,26 @@ def test_a_loss_spike_late_in_a_run_is_advisory_and_divergence_only_if_it_stays(
 def test_vanishing_message_says_exactly_zero_not_a_ratio_of_0():
     alerts = run(VanishingGradient(), [layered(10 * i, 2.30, 0.0, 0.15) for i in range(10)], mlp_facts())
     assert "norm exactly 0" in alerts[0].message and " is 0 of" not in alerts[0].message
+
+
+def test_units_silent_for_half_a_window_are_a_provisional_warning_confirmed_by_the_window():
+    facts = mlp_facts()
+    seq = [snap(10 * i, 0.7, silent_units={"1": 0.0 if i < 5 else 0.7}) for i in range(12)]
+    seq.append(snap(120, 0.7, silent_units={"1": 0.7}, dead_units={"1": 0.7}))
+    alerts = run(DeadUnits(), seq, facts)
+    assert [(a.layer, a.severity, a.step) for a in alerts] == [("1", "warning", 50)]  # the window adds nothing
+    assert alerts[0].evidence["provisional"] and "provisional" in alerts[0].message
+
+
+def test_a_window_that_saw_units_fire_before_they_died_does_not_close_the_episode():
+    facts, detector = mlp_facts(), DeadUnits()
+    seq = [snap(10 * i, 0.7, silent_units={"1": 0.7}, dead_units={"1": 0.05}) for i in range(6)]
+    assert len(run(detector, seq, facts)) == 1 and "1" in detector.episodes.open
+
+
+def test_dead_unit_advice_lowers_the_learning_rate_only_for_large_updates():
+    facts = mlp_facts(lr=0.05)
+    calm = run(DeadUnits(), [snap(0, 0.7, update_ratio={"0": 1e-3}, silent_units={"1": 0.8})], facts)
+    assert not any("learning rate" in s for s in calm[0].suggestions)
+    wild = run(DeadUnits(), [snap(0, 0.7, update_ratio={"0": 0.2}, silent_units={"1": 0.8})], facts)
+    assert any(s.startswith("Lower the learning rate from 0.05 to 0.01") for s in wild[0].suggestions)

@@ -13,7 +13,7 @@ import torch
 
 from torchhealth.scenarios import DEMO_SCENARIOS, SCENARIOS, run_scenario
 
-FAST = ("exploding", "nonfinite", "lr_above_stability", "huge_init", "healthy_regression_big_targets",
+FAST = ("exploding", "nonfinite", "lr_above_stability", "huge_init", "regression_big_targets_dead_half",
         "healthy_late_bounce", "saturated_tanh", "dead_units", "softmax_before_ce")
 # held-out misses that revealed general detector flaws, fixed since (no longer held out): keep them caught
 FIXED_MISSES = ("h_lr_far_too_high_adam", "n_dead_units_cancer_bias")
@@ -69,6 +69,13 @@ def test_run_scenario_stops_after_nonfinite_losses_and_reports_root():
     alert = next(a for a in result.alerts if a.kind == "nonfinite")
     assert alert.step == result.first_nonfinite_step and alert.evidence["root"] == "loss"
     assert len([a for a in result.alerts if a.kind == "nonfinite"]) == 1  # the cascade is one episode
+
+
+def test_large_but_falling_norms_are_no_explosion_while_early_dead_units_are_reported_early():
+    result = run_scenario(SCENARIOS["regression_big_targets_dead_half"])
+    assert "exploding_gradient" not in result.kinds and "loss_divergence" not in result.kinds
+    dead = next(a for a in result.alerts if a.kind == "dead_units")
+    assert dead.layer == "3" and dead.evidence.get("provisional") and dead.step < 150  # the firm window: none by 300
 
 
 def test_explosion_before_overflow_is_flagged_before_the_first_nonfinite_step():

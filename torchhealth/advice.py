@@ -23,6 +23,8 @@ about +-0.02 (uniform in +-1/sqrt(fan_in), averaged over the layer's units)."""
 HEAVY_DECAY = 1e-3
 """Weight decay whose per-step shrink ``lr * weight_decay`` reaches this halves every weight within 700 steps;
 common settings shrink 20-100x slower (SGD 0.1 x 5e-4, AdamW 1e-3 x 0.01)."""
+LARGE_UPDATES = 1e-2
+"""Update/weight ratio per step above which updates are large (about 1e-3 is healthy, CS231n)."""
 LARGE_EPS = 1e-4
 """Adam's eps at or above this (default 1e-8) is larger than typical gradient second moments' square roots."""
 INIT_GAIN_RANGE = (0.1, 5.0)
@@ -94,6 +96,18 @@ def lower_lr(factor: float, why: str) -> Callable[[ModelFacts, dict], str | None
                        f"(now {fmt(lr)}): {why}.", f"learning_rate{where}@{base:g}", "lower")
         return Fix(f"Lower the learning rate{where} from {lr:g} to {_round(lr / factor):g}: {why}.",
                    f"learning_rate{where}@{lr:g}", "lower")
+    return rule
+
+
+def lower_lr_if_large_updates(factor: float, why: str) -> Callable[[ModelFacts, dict], str | None]:
+    """``lower_lr``, unless the measured update/weight ratio (``update_ratio``) is no larger than healthy."""
+    lower = lower_lr(factor, why)
+
+    def rule(facts: ModelFacts, evidence: dict) -> str | None:
+        ratio = evidence.get("update_ratio")
+        if ratio is not None and math.isfinite(ratio) and ratio <= LARGE_UPDATES:
+            return None
+        return lower(facts, evidence)
     return rule
 
 
@@ -241,7 +255,7 @@ def plateau_lr(facts: ModelFacts, evidence: dict) -> str | None:
     index, group = found
     lr, base, where = group["lr"], group.get("initial_lr"), _group_label(index, facts)
     ratio = evidence.get("update_ratio")
-    if ratio is not None and ratio > 1e-2:
+    if ratio is not None and ratio > LARGE_UPDATES:
         return Fix(f"Lower the learning rate{where} from {lr:g} to {_round(lr / 10):g}: updates are {_share(ratio)} of "
                    f"the weights per step (about 0.1% is healthy), so the optimizer bounces around instead of descending.",
                    f"learning_rate{where}@{lr:g}", "lower")
@@ -344,16 +358,16 @@ CATALOGUE: dict[str, tuple[Callable[[ModelFacts, dict], str | None], ...]] = {
         lower_lr(10, "values grew until they overflowed; a smaller step keeps them finite"),
         clip),
     "vanishing_gradient": (
-        heavy_decay, relu_for_saturating, init_scale, adam_eps, normalization, residual),
+        init_scale, heavy_decay, relu_for_saturating, adam_eps, normalization, residual),
     "saturated_activation": (
         relu_for_saturating, normalization, init_scale,
         lower_lr(3, "large updates drive pre-activations into the flat tails")),
     "dead_units": (
-        leaky_relu, bias_init, heavy_decay,
-        lower_lr(5, "large updates push ReLU pre-activations negative for every input, which kills units"),
-        normalization, init_scale),
+        init_scale, heavy_decay, leaky_relu, bias_init,
+        lower_lr_if_large_updates(5, "large updates push ReLU pre-activations negative for every input, which kills units"),
+        normalization),
     "loss_plateau": (
-        plateau_lr, heavy_decay, adam_eps, relu_for_saturating, normalization, init_scale, check_data),
+        heavy_decay, plateau_lr, adam_eps, relu_for_saturating, normalization, init_scale, check_data),
     "overfitting": (dropout, weight_decay, early_stopping),
 }
 

@@ -72,7 +72,8 @@ class Diagnosis:
         ordered = sorted(alerts, key=lambda a: rank.get(a.kind, -1))  # stable: unknown kinds (static) first
         linked = []
         for alert in ordered:
-            cause = self._cause(alert, facts)
+            earlier = self._episode_start(alert)
+            cause = self._cause(alert, facts) if earlier is None else earlier.get("caused_by")
             if cause is not None:
                 alert.caused_by = {k: cause[k] for k in ("kind", "layer", "step")}
             linked.append(alert)
@@ -99,6 +100,12 @@ class Diagnosis:
             return None
         roots = [r for r in candidates if r["caused_by"] is None]
         return min(roots or candidates, key=lambda r: r["step"])
+
+    def _episode_start(self, alert: Alert) -> dict[str, Any] | None:
+        """For an escalation (the same episode got worse), the record of the episode's first alert."""
+        if "escalated_from" not in alert.evidence:
+            return None
+        return next((r for r in reversed(self.records) if (r["kind"], r["layer"]) == (alert.kind, alert.layer)), None)
 
     def _holds(self, record: dict[str, Any]) -> bool:
         """True while the alert's episode is open, or closed less than ``HORIZON_CHECKS`` checks ago."""
@@ -240,7 +247,8 @@ def summarize(alerts: Sequence[Alert | dict[str, Any]]) -> dict[str, Any]:
     roots: dict[tuple, dict[str, Any]] = {}
     for record in records:
         root = root_of(record)
-        if root is record and (record.get("evidence") or {}).get("relapse"):  # the same problem back: under its first episode
+        evidence = record.get("evidence") or {}
+        if root is record and (evidence.get("relapse") or evidence.get("escalated_from")):  # the same problem again
             root = next((e["alert"] for e in roots.values() if (e["alert"].get("kind"), e["alert"].get("layer"))
                          == (record.get("kind"), record.get("layer"))), record)
         entry = roots.setdefault(key(root), {"alert": root, "consequences": []})
@@ -267,8 +275,10 @@ def render(diagnosis: dict[str, Any], max_fixes: int = 5) -> list[str]:
         root = entry["alert"]
         lines.append(f"  {i}. {str(root.get('severity')).upper()} {describe(root, '`')}: {root.get('message')}")
         for consequence in entry["consequences"]:
-            relapse = (consequence.get("evidence") or {}).get("relapse") and not consequence.get("caused_by")
-            lines.append(f"     ↳ {'again' if relapse else 'then'} {describe(consequence, '`')}: {consequence.get('message')}")
+            evidence = consequence.get("evidence") or {}
+            same = (consequence.get("kind"), consequence.get("layer")) == (root.get("kind"), root.get("layer"))
+            word = "worse" if same and evidence.get("escalated_from") else "again" if same else "then"
+            lines.append(f"     ↳ {word} {describe(consequence, '`')}: {consequence.get('message')}")
     if diagnosis["fixes"]:
         lines.append("Fixes, most promising first:")
         lines += [f"  {i}. {fix}" for i, fix in enumerate(diagnosis["fixes"][:max_fixes], 1)]
