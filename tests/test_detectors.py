@@ -446,3 +446,22 @@ def test_dead_unit_advice_lowers_the_learning_rate_only_for_large_updates():
     assert not any("learning rate" in s for s in calm[0].suggestions)
     wild = run(DeadUnits(), [snap(0, 0.7, update_ratio={"0": 0.2}, silent_units={"1": 0.8})], facts)
     assert any(s.startswith("Lower the learning rate from 0.05 to 0.01") for s in wild[0].suggestions)
+
+
+def test_a_summed_surrogate_loss_whose_scale_follows_the_episode_is_no_explosion():
+    # REINFORCE summed over each episode: the loss takes both signs, and the norm rises ~20x when the
+    # episodes reach their length limit, then stays there
+    norms = [6.5, 8.0, 7.0, 9.0, 12.0, 150.0, 160.0, 140.0, 170.0, 150.0, 160.0, 155.0]
+    losses = [-0.03, 1.7, -3.7, 2.0, -4.0, 16.0, -45.0, 21.0, -8.0, 30.0, -52.0, 15.0]
+    alerts = run(ExplodingGradient(), grad_sequence(norms, losses), mlp_facts())
+    assert [a.kind for a in alerts] == ["gradient_spike"]
+    assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
+    # the same loss with a norm that keeps growing past its spike is an explosion
+    growing = norms[:5] + [150.0 * 3 ** i for i in range(7)]
+    assert "exploding_gradient" in [a.kind for a in run(ExplodingGradient(), grad_sequence(growing, losses), mlp_facts())]
+
+
+def test_no_divergence_verdict_from_a_starting_level_of_one_step():
+    # the trip-wire's checks at steps 1 and 2 while the loss of a summed objective moves with its data
+    steps, losses = [0, 1, 2, 10, 20], [0.58, 9.0, 18.2, 0.9, 0.7]
+    assert run(LossDivergence(), [snap(s, v) for s, v in zip(steps, losses)], mlp_facts()) == []

@@ -220,3 +220,14 @@ def test_advisories_stand_alone_and_are_listed_apart():
     assert [r["alert"]["kind"] for r in summary["roots"]] == ["loss_plateau"]
     assert [a["kind"] for a in summary["advisories"]] == ["gradient_spike"]
     assert render(summarize(out))[:2] == ["Diagnosis: no problem found.", "Advisories (no problem on their own):"]
+
+
+def test_an_escalation_is_the_same_root_getting_worse_not_a_new_one():
+    facts, diagnosis = relu_facts(), Diagnosis()
+    first = check(diagnosis, 2, [alert("exploding_gradient", 2, facts, "0")], facts)
+    worse = alert("exploding_gradient", 3, facts, "2", "critical", escalated_from="warning")
+    later = check(diagnosis, 3, [worse, alert("nonfinite", 3, facts, severity="critical", root="grad:0")], facts)
+    assert later[0].caused_by is None and later[1].caused_by == first[0].ref
+    summary = summarize(first + later)
+    assert len(summary["roots"]) == 1 and [c["step"] for c in summary["roots"][0]["consequences"]] == [3, 3]
+    assert "↳ worse exploding_gradient in `2` at step 3" in "\n".join(render(summary))

@@ -105,7 +105,8 @@ class Diagnosis:
         """For an escalation (the same episode got worse), the record of the episode's first alert."""
         if "escalated_from" not in alert.evidence:
             return None
-        return next((r for r in reversed(self.records) if (r["kind"], r["layer"]) == (alert.kind, alert.layer)), None)
+        same = [r for r in reversed(self.records) if r["kind"] == alert.kind]  # model-wide episodes name a culprit layer
+        return next((r for r in same if r["layer"] == alert.layer), same[0] if same else None)
 
     def _holds(self, record: dict[str, Any]) -> bool:
         """True while the alert's episode is open, or closed less than ``HORIZON_CHECKS`` checks ago."""
@@ -249,8 +250,9 @@ def summarize(alerts: Sequence[Alert | dict[str, Any]]) -> dict[str, Any]:
         root = root_of(record)
         evidence = record.get("evidence") or {}
         if root is record and (evidence.get("relapse") or evidence.get("escalated_from")):  # the same problem again
-            root = next((e["alert"] for e in roots.values() if (e["alert"].get("kind"), e["alert"].get("layer"))
-                         == (record.get("kind"), record.get("layer"))), record)
+            same = [e["alert"] for e in roots.values() if e["alert"].get("kind") == record.get("kind")]
+            root = next((a for a in same if a.get("layer") == record.get("layer")),
+                        same[-1] if same and evidence.get("escalated_from") else record)
         entry = roots.setdefault(key(root), {"alert": root, "consequences": []})
         if record is not root:
             entry["consequences"].append(record)
@@ -276,7 +278,7 @@ def render(diagnosis: dict[str, Any], max_fixes: int = 5) -> list[str]:
         lines.append(f"  {i}. {str(root.get('severity')).upper()} {describe(root, '`')}: {root.get('message')}")
         for consequence in entry["consequences"]:
             evidence = consequence.get("evidence") or {}
-            same = (consequence.get("kind"), consequence.get("layer")) == (root.get("kind"), root.get("layer"))
+            same = consequence.get("kind") == root.get("kind") and not consequence.get("caused_by")
             word = "worse" if same and evidence.get("escalated_from") else "again" if same else "then"
             lines.append(f"     ↳ {word} {describe(consequence, '`')}: {consequence.get('message')}")
     if diagnosis["fixes"]:

@@ -40,8 +40,12 @@ class ExplodingGradient(Detector):
     ``CRITICAL_GROWTH`` times the reference) is critical on its own, and so is an overflow after the
     loss grew by orders of magnitude. Once the run has a recent level, a growth short of critical is
     first an advisory ``gradient_spike`` (with its step, so the batch can be found and skipped) and
-    becomes ``exploding_gradient`` only if it lasts ``SPIKE_CHECKS`` checks. Steps skipped by AMP's
-    GradScaler are ignored.
+    becomes ``exploding_gradient`` only if it lasts ``SPIKE_CHECKS`` checks. A loss that has taken both
+    signs (policy gradients and other surrogate objectives, often summed over a variable number of
+    terms, so that their scale follows the data: an episode's length) cannot say whether training
+    improves: a new level of the norm becomes the reference, and only a norm that grows another
+    ``RECOVERED_GROWTH`` times past its spike is an explosion. Steps skipped by AMP's GradScaler are
+    ignored.
     """
 
     kind = "exploding_gradient"
@@ -59,6 +63,7 @@ class ExplodingGradient(Detector):
         if snapshot.loss is not None:
             self.remember("loss", snapshot.loss)
         layer_refs = self.memory.setdefault("layer_first", {})
+        signed = self._signed(snapshot.loss)
         if not history:
             self.remember("norm", norm, snapshot.step)
             self.memory["previous"] = norm
@@ -69,12 +74,18 @@ class ExplodingGradient(Detector):
         improving = snapshot.loss is not None and best_loss is not None and snapshot.loss <= best_loss * LOSS_SLACK
         sudden = growth >= CRITICAL_GROWTH and norm >= GROWTH * self.memory.get("previous", norm)
         self.memory["previous"] = norm
-        if growth < GROWTH or (improving and not sudden):
+        spike = self.memory.get("spike")
+        # a loss of both signs (a policy-gradient or other surrogate objective, often a sum over a variable
+        # number of terms) says nothing about improvement, and its scale follows the data: a new level of the
+        # norm is followed, and only a norm that keeps growing past its spike is an explosion
+        still_growing = not signed or (spike is not None and norm >= RECOVERED_GROWTH * spike["norm"])
+        if growth < GROWTH or (improving and not sudden) or (signed and not sudden and not still_growing):
             self.remember("norm", norm, snapshot.step)  # norms of an explosion never become the reference
         if sudden or (growth >= GROWTH and not improving):
             severity = "critical" if growth >= CRITICAL_GROWTH else "warning"
-            spike = self.memory.get("spike")
-            if severity == "warning" and len(history) >= RECENT and (spike is None or spike["checks"] < SPIKE_CHECKS):
+            established = len(history) >= RECENT or signed
+            if severity == "warning" and established and (spike is None or spike["checks"] < SPIKE_CHECKS
+                                                          or not still_growing):
                 return self._spike(snapshot, facts, norm, reference, growth)
             culprit = self._culprit(norms, layer_refs, facts)
             evidence = {"norm": norm, "reference_norm": reference, "growth": growth, "healthy_norm": reference,
@@ -96,13 +107,21 @@ class ExplodingGradient(Detector):
         """The scale a norm is compared with: the larger of the starting and the recent level."""
         return max(median(self.first("norm")), median(history[-RECENT:]))
 
+    def _signed(self, loss: float | None) -> bool:
+        """True once the loss has been both negative and positive (kept for good)."""
+        if loss is not None and math.isfinite(loss) and loss != 0:
+            signs = self.memory.setdefault("loss_signs", [])
+            if (loss > 0) not in signs:
+                signs.append(loss > 0)
+        return len(self.memory.get("loss_signs", [])) == 2
+
     def _spike(self, snapshot: Snapshot, facts: ModelFacts, norm: float, reference: float, growth: float) -> list[Alert]:
         """A growth past ``GROWTH`` in a run with a recent level: advisory at once, an explosion if it lasts."""
         spike = self.memory.get("spike")
         if spike is not None:
             spike["checks"] += 1
             return []
-        self.memory["spike"] = {"step": snapshot.step, "checks": 1}
+        self.memory["spike"] = {"step": snapshot.step, "checks": 1, "norm": norm}
         evidence = {"norm": norm, "reference_norm": reference, "growth": growth, "healthy_norm": reference,
                     "spike_step": snapshot.step, "loss": snapshot.loss}
         return [Alert(kind="gradient_spike", layer=None, step=snapshot.step, severity="info", value=norm,

@@ -27,12 +27,15 @@ class LossDivergence(Detector):
     check is not where training started. Late-training bounces (0.01 -> 0.05) stay far below the
     starting level and are not divergence.
 
-    A warning needs the latest loss AND the median of the last 3 checks at ``RISE`` times the start,
-    after the first ``START_STEPS`` steps (Adam's and Adadelta's first steps often overshoot and come
-    back), so one noisy interval is not a rise; a single check at ``CRITICAL_RISE`` times the start is
-    no noise and is critical at once, except in a run with a recent history (``RECENT`` checks): there
-    it is first an advisory ``loss_spike`` (one bad batch gives one), and divergence if the loss stays
-    ``RISE`` times above the start for ``SPIKE_CHECKS`` checks.
+    Nothing is judged before the first ``START_STEPS`` steps have passed: the starting level is made of
+    them (one step is no level: Adam's and Adadelta's first steps often overshoot and come back, and a
+    loss summed over a variable number of terms, an episode, moves with the data). A warning needs the
+    latest loss AND the median of the last 3 checks at ``RISE`` times the start, and still rising, so
+    one noisy interval is not a rise. A single check at ``CRITICAL_RISE`` times the start is no noise
+    and is critical at once, except in a run with a recent history (more than ``RECENT`` checks):
+    there it is first an advisory ``loss_spike`` (one bad batch gives one), and divergence if the loss
+    stays ``RISE`` times above the start for ``SPIKE_CHECKS`` checks. A loss that has gone below zero (a
+    policy-gradient or other surrogate objective) has no level to diverge from and is not judged.
     """
 
     kind = "loss_divergence"
@@ -43,8 +46,9 @@ class LossDivergence(Detector):
         losses = self.remember("loss", snapshot.loss, snapshot.step)
         first_step = self.memory["first_step:loss"]
         start = min(self.first("loss"))
-        if len(losses) < 2 or start <= 0:
-            return []
+        self.memory["signed"] = self.memory.get("signed", False) or snapshot.loss < 0
+        if len(losses) < 2 or start <= 0 or self.memory["signed"]:
+            return []  # a loss that went below zero is a surrogate (policy gradient...): no "above the start"
         level = median(losses[-3:])
         rise = snapshot.loss / start
         rising = snapshot.loss > losses[-2]
@@ -54,6 +58,8 @@ class LossDivergence(Detector):
             spike["checks"] += 1
         lasting = spike is not None and spike["checks"] >= SPIKE_CHECKS and rise >= RISE
         trend = settled and level >= RISE * start and rising
+        if not settled:  # the starting level is the first START_STEPS steps: nothing rises above it before they pass
+            return []
         if rise >= CRITICAL_RISE and not trend and not lasting and len(losses) > RECENT:
             return self._spike(snapshot, facts, start, rise)
         if lasting or (rise >= RISE and trend) or rise >= CRITICAL_RISE:
@@ -76,7 +82,7 @@ class LossDivergence(Detector):
         if self.memory.get("spike") is not None:
             return []
         self.memory["spike"] = {"step": snapshot.step, "checks": 1}
-        recent = median(self.series["loss"][-RECENT - 1:-1])
+        recent = median(self.series["loss"][-RECENT - 1:-1] or self.series["loss"])
         evidence = {"loss": snapshot.loss, "start_loss": start, "recent_median": recent, "rise": rise,
                     "spike_step": snapshot.step}
         return [Alert(kind="loss_spike", layer=None, step=snapshot.step, severity="info", value=snapshot.loss,
