@@ -465,3 +465,20 @@ def test_no_divergence_verdict_from_a_starting_level_of_one_step():
     # the trip-wire's checks at steps 1 and 2 while the loss of a summed objective moves with its data
     steps, losses = [0, 1, 2, 10, 20], [0.58, 9.0, 18.2, 0.9, 0.7]
     assert run(LossDivergence(), [snap(s, v) for s, v in zip(steps, losses)], mlp_facts()) == []
+
+
+def test_a_loss_another_optimizer_plays_against_may_settle_higher():
+    gan = nn.ModuleDict({"g": nn.Linear(4, 4), "d": nn.Linear(4, 1)})
+    facts = ModelFacts.from_model(gan, torch.optim.Adam(gan["g"].parameters()))
+    assert facts.trained_elsewhere == ["d"]
+    losses = [0.58, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.25, 1.3]  # a generator's loss while its discriminator learns
+    seq = [snap(10 * i, v) for i, v in enumerate(losses)]
+    assert run(LossDivergence(), seq, facts) == []
+    assert run(LossDivergence(), seq, mlp_facts())  # the same climb of a model's own loss is divergence
+
+
+def test_zero_gradients_are_no_growth_and_growth_from_zero_says_so():
+    alerts = run(ExplodingGradient(), grad_sequence([0.0] * 6, [1.0] * 6), mlp_facts())
+    assert alerts == []
+    alerts = run(ExplodingGradient(), grad_sequence([0.0, 0.0, 0.0, 1850.0], [1e-9, 1e-9, 1e-9, 366.0]), mlp_facts())
+    assert "infx" not in alerts[0].message and "exactly 0" in alerts[0].message

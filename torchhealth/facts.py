@@ -37,6 +37,8 @@ class ModelFacts:
             so it has no room for residual connections.
         layer_groups: ``{layer: index}`` of the optimizer parameter group that holds each layer's
             (first) parameter, for advice that names the group a fix applies to.
+        trained_elsewhere: Layers with trainable parameters that are in no group of the optimizer
+            (a second optimizer trains them: a GAN's discriminator, an actor-critic's critic).
     """
 
     layer_types: dict[str, str] = field(default_factory=dict)
@@ -50,6 +52,7 @@ class ModelFacts:
     bias_mean: dict[str, float] = field(default_factory=dict)
     plain_stack: bool = False
     layer_groups: dict[str, int] = field(default_factory=dict)
+    trained_elsewhere: list[str] = field(default_factory=list)
 
     @classmethod
     def from_model(cls, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> "ModelFacts":
@@ -78,6 +81,8 @@ class ModelFacts:
                 index = next((group_of[id(p)] for p in module.parameters(recurse=False) if id(p) in group_of), None)
                 if index is not None:
                     facts.layer_groups[clean_name(name)] = index
+                elif any(p.requires_grad for p in module.parameters(recurse=False)):
+                    facts.trained_elsewhere.append(clean_name(name))
         return facts
 
     def has(self, *class_names: str) -> bool:

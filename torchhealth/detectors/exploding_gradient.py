@@ -70,7 +70,7 @@ class ExplodingGradient(Detector):
             layer_refs.update({k: v for k, v in norms.items() if k != TOTAL and math.isfinite(v) and v > 0})
             return []
         reference = self.reference(history)
-        growth = norm / reference if reference > 0 else math.inf
+        growth = norm / reference if reference > 0 else (math.inf if norm > 0 else 1.0)
         improving = snapshot.loss is not None and best_loss is not None and snapshot.loss <= best_loss * LOSS_SLACK
         sudden = growth >= CRITICAL_GROWTH and norm >= GROWTH * self.memory.get("previous", norm)
         self.memory["previous"] = norm
@@ -96,8 +96,10 @@ class ExplodingGradient(Detector):
             lasted = f" for {spike['checks']} checks since step {spike['step']}" if spike is not None else ""
             return self.episode(MODEL, facts, step=snapshot.step, severity=severity,
                 layer=culprit, value=norm, evidence=evidence,
-                message=(f"total gradient norm {fmt(norm)} is {fmt(growth)}x its reference scale {fmt(reference)}"
-                         f"{lasted} while the loss is not improving{where}"))
+                message=(f"total gradient norm {fmt(norm)} is "
+                         + (f"{fmt(growth)}x its reference scale {fmt(reference)}" if reference > 0 else
+                            "up from a reference scale of exactly 0")
+                         + f"{lasted} while the loss is not improving{where}"))
         if growth < RECOVERED_GROWTH:
             self.memory.pop("spike", None)
             self.episodes.healthy(MODEL, snapshot.step)

@@ -30,12 +30,15 @@ class LossDivergence(Detector):
     Nothing is judged before the first ``START_STEPS`` steps have passed: the starting level is made of
     them (one step is no level: Adam's and Adadelta's first steps often overshoot and come back, and a
     loss summed over a variable number of terms, an episode, moves with the data). A warning needs the
-    latest loss AND the median of the last 3 checks at ``RISE`` times the start, and still rising, so
-    one noisy interval is not a rise. A single check at ``CRITICAL_RISE`` times the start is no noise
+    latest loss AND the median of the last 3 checks at ``RISE`` times the start, and still rising (the
+    latest check above the one before and the last 3 checks' median above the 3 before), so one noisy
+    interval is not a rise, nor a loss that settled at a higher level. A single check at ``CRITICAL_RISE`` times the start is no noise
     and is critical at once, except in a run with a recent history (more than ``RECENT`` checks):
     there it is first an advisory ``loss_spike`` (one bad batch gives one), and divergence if the loss
     stays ``RISE`` times above the start for ``SPIKE_CHECKS`` checks. A loss that has gone below zero (a
-    policy-gradient or other surrogate objective) has no level to diverge from and is not judged.
+    policy-gradient or other surrogate objective) has no level to diverge from and is not judged; one
+    whose model has layers another optimizer trains (a GAN generator's loss rises as its discriminator
+    learns) needs ``CRITICAL_RISE`` times the start for the trend too.
     """
 
     kind = "loss_divergence"
@@ -51,13 +54,19 @@ class LossDivergence(Detector):
             return []  # a loss that went below zero is a surrogate (policy gradient...): no "above the start"
         level = median(losses[-3:])
         rise = snapshot.loss / start
-        rising = snapshot.loss > losses[-2]
+        # rising: the latest check above the one before, and the last 3 checks' median above the 3 before
+        # (a loss that settled at a higher level, as a GAN generator's does while its discriminator learns,
+        # is not climbing); with fewer checks, the latest check alone
+        rising = snapshot.loss > losses[-2] and (len(losses) < 6 or level > median(losses[-6:-3]))
         settled = snapshot.step >= first_step + START_STEPS
         spike = self.memory.get("spike")
         if spike is not None:
             spike["checks"] += 1
         lasting = spike is not None and spike["checks"] >= SPIKE_CHECKS and rise >= RISE
-        trend = settled and level >= RISE * start and rising
+        # a loss another optimizer plays against (a GAN generator's, while the discriminator learns) rises by
+        # design: only a rise CRITICAL_RISE times the start is divergence there
+        adversarial = bool(facts.trained_elsewhere)
+        trend = settled and level >= (CRITICAL_RISE if adversarial else RISE) * start and rising
         if not settled:  # the starting level is the first START_STEPS steps: nothing rises above it before they pass
             return []
         if rise >= CRITICAL_RISE and not trend and not lasting and len(losses) > RECENT:
