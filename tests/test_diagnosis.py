@@ -231,3 +231,12 @@ def test_an_escalation_is_the_same_root_getting_worse_not_a_new_one():
     summary = summarize(first + later)
     assert len(summary["roots"]) == 1 and [c["step"] for c in summary["roots"][0]["consequences"]] == [3, 3]
     assert "↳ worse exploding_gradient in `2` at step 3" in "\n".join(render(summary))
+
+
+def test_sinks_render_a_consequence_under_its_root():
+    root = Alert("nonfinite", None, 8, "critical", 8.0, "NaN", ["make the loss safe"])
+    consequence = Alert("dead_units", "3", 30, "critical", 1.0, "dead", ["fix the root"], caused_by=root.ref)
+    assert "(consequence of nonfinite at step 8)" in str(consequence)
+    assert "↳ consequence of nonfinite at step 8" in consequence.to_markdown()
+    assert json.loads(json.dumps(consequence.to_dict()))["caused_by"] == {"kind": "nonfinite", "layer": None, "step": 8}
+    assert "consequence" not in str(root) and root.caused_by is None
