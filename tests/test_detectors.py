@@ -482,3 +482,16 @@ def test_zero_gradients_are_no_growth_and_growth_from_zero_says_so():
     assert alerts == []
     alerts = run(ExplodingGradient(), grad_sequence([0.0, 0.0, 0.0, 1850.0], [1e-9, 1e-9, 1e-9, 366.0]), mlp_facts())
     assert "infx" not in alerts[0].message and "exactly 0" in alerts[0].message
+
+
+def test_a_learning_rate_warmup_is_no_plateau():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / 300))
+    facts, detector, alerts = ModelFacts.from_model(model, opt), LossPlateau(), []
+    for i in range(40):
+        alerts += detector.check(snap(10 * i, 2.30), facts)
+        for _ in range(10):
+            opt.step()
+            scheduler.step()
+    assert [a.step for a in alerts] == [300]  # once the warmup has ended (step 300), not during it

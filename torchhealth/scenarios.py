@@ -815,6 +815,8 @@ ISSUE23 = [
               _gan, "issue23"),
     _scenario("i_healthy_steplr_decay", "ReLU MLP on digits, SGD 0.1 decayed 10x every 50 steps by StepLR", (), 300,
               lambda s: _scheduled(s), "issue23"),
+    _scenario("i_healthy_long_warmup", "ReLU MLP on digits, SGD 0.1 after a 3000-step linear warmup (the loss "
+              "barely moves for the first hundreds of steps)", (), 300, lambda s: _scheduled(s, warmup=3000), "issue23"),
     # faulty: one root, several symptoms
     _scenario("i_nan_residual_16_blocks", "16 residual ReLU blocks; one Inf record at step 40 turns the weights NaN; "
               "the loop trains on", ("nonfinite",), 120, _nan_residual, "issue23"),
@@ -830,10 +832,12 @@ ISSUE23 = [
 ]
 
 
-def _scheduled(seed: int) -> Run:
-    """SGD 0.1 under StepLR (10x down every 50 steps), the scheduler stepped after each optimizer step."""
+def _scheduled(seed: int, warmup: int = 0) -> Run:
+    """SGD 0.1 under StepLR (10x down every 50 steps), or a linear warmup over ``warmup`` steps; the
+    scheduler is stepped after each optimizer step."""
     run = _classify(mlp([64, 64, 64, 10]), digits(), SGD, 0.1, seed=seed)
-    scheduler = torch.optim.lr_scheduler.StepLR(run.optimizer, step_size=50, gamma=0.1)
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda k: min(1.0, (k + 1) / warmup)) if warmup
+                 else torch.optim.lr_scheduler.StepLR(run.optimizer, step_size=50, gamma=0.1))
     steps = iter(range(10 ** 9))
 
     def loss_fn(model, batch):
