@@ -495,3 +495,21 @@ def test_a_learning_rate_warmup_is_no_plateau():
             opt.step()
             scheduler.step()
     assert [a.step for a in alerts] == [300]  # once the warmup has ended (step 300), not during it
+
+
+def test_one_check_far_above_the_start_is_a_spike_until_it_stays():
+    # REINFORCE summed over episodes that grow: the loss has not yet taken both signs at step 12
+    steps, losses = [0, 10, 11, 12, 20, 30], [0.58, 1.0, 1.1, 25.6, 4.0, -12.0]
+    alerts = run(LossDivergence(), [snap(s, v) for s, v in zip(steps, losses)], mlp_facts())
+    assert [(a.kind, a.step) for a in alerts] == [("loss_spike", 12)]
+    # Adam with lr 1.0: the loss jumps and stays up: divergence once it has stayed for 3 checks
+    steps, losses = [0, 1, 2, 10, 20, 30, 40], [0.72, 25.0, 50.0, 8.0, 8.3, 7.9, 8.1]
+    alerts = run(LossDivergence(), [snap(s, v) for s, v in zip(steps, losses)], mlp_facts())
+    assert [a.kind for a in alerts] == ["loss_spike", "loss_divergence"] and alerts[1].step <= 30
+
+
+def test_the_starting_level_includes_the_first_scheduled_check():
+    # the check at step 0 is one step; the one at step 10 averages steps 1-10: both make the start
+    detector = LossDivergence()
+    run(detector, [snap(0, 1.1), snap(10, 0.18), snap(20, 0.02)], mlp_facts())
+    assert detector.first("loss") == [1.1, 0.18]

@@ -18,9 +18,10 @@ SERIES_LIMIT = 200
 START_VALUES = 3
 """First values of each series kept for good: a run's start must not drift once old checks are dropped."""
 START_STEPS = 10
-"""Steps from a series' first value within which its start values are taken (the default check interval):
-the level training started from, however many checks the loss trip-wire added in them, never a level
-reached by learning at later checks (a loss or norm that fell 50x by the third scheduled check)."""
+"""Steps from a series' first value within which its start values are taken (the default check interval,
+its end included: the check there averages the steps since the first one, so the start is never one
+step): the level training started from, however many checks the loss trip-wire added in them, never a
+level reached by learning at later checks (a loss or norm that fell 50x by the third scheduled check)."""
 
 
 class Detector:
@@ -61,7 +62,7 @@ class Detector:
         if step is None:
             early = len(series) <= START_VALUES
         else:
-            early = step < self.memory.setdefault(f"first_step:{name}", step) + START_STEPS
+            early = step <= self.memory.setdefault(f"first_step:{name}", step) + START_STEPS
         if early and len(start) < START_VALUES:
             start.append(float(value))  # the series' first values, kept for good
         return series

@@ -23,8 +23,11 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     # non-finite weights and activations read as zeros, no gradient, saturation and a stuck loss
     "nonfinite": ("dead_units", "vanishing_gradient", "saturated_activation", "loss_plateau", "loss_divergence"),
     # steps that overshoot: the loss climbs, values overflow, ReLU pre-activations are pushed negative
-    "exploding_gradient": ("loss_divergence", "nonfinite", "dead_units", "saturated_activation", "loss_plateau"),
-    "loss_divergence": ("exploding_gradient", "nonfinite", "dead_units", "saturated_activation", "loss_plateau"),
+    # (a spike advisory beside an explosion is the explosion's own, not a batch)
+    "exploding_gradient": ("loss_divergence", "nonfinite", "dead_units", "saturated_activation", "loss_plateau",
+                           "loss_spike", "gradient_spike"),
+    "loss_divergence": ("exploding_gradient", "nonfinite", "dead_units", "saturated_activation", "loss_plateau",
+                        "loss_spike", "gradient_spike"),
     # a dead or saturated layer passes (almost) no gradient to the layers below it
     "dead_units": ("vanishing_gradient", "loss_plateau"),
     "saturated_activation": ("vanishing_gradient", "loss_plateau"),
@@ -32,7 +35,7 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
 }
 """Which later alert kinds an earlier alert of each kind explains."""
 ORDER = ("exploding_gradient", "nonfinite", "loss_divergence", "saturated_activation", "dead_units",
-         "vanishing_gradient", "loss_plateau")
+         "vanishing_gradient", "loss_plateau", "gradient_spike", "loss_spike")
 """Causal order within one check: a cause is linked before the symptoms it explains."""
 HORIZON_CHECKS = 10
 """Checks after its episode closed during which an alert still explains new ones: the longest window a
@@ -90,9 +93,8 @@ class Diagnosis:
     # -- links -------------------------------------------------------------------------------------
     def _cause(self, alert: Alert, facts: ModelFacts) -> dict[str, Any] | None:
         """The earliest still-relevant earlier alert that explains ``alert`` (a root where one does)."""
-        if alert.severity == "info":  # advisories (spikes) stand alone
-            return None
         candidates = [r for r in self.records if alert.kind in EXPLAINS.get(r["kind"], ())
+                      and r.get("severity") != "info"  # advisories (spikes) explain nothing
                       and self._holds(r) and self._above(r, alert, facts)]
         if alert.kind == "nonfinite":  # a loss that climbed and then overflowed; not one that overflowed at once
             candidates = [r for r in candidates if r["kind"] == "exploding_gradient" or r["step"] < alert.step]
@@ -125,7 +127,8 @@ class Diagnosis:
         return lowest is None or not sites or max(sites) > lowest
 
     def _record(self, alert: Alert, check: int) -> None:
-        self.records.append({**alert.ref, "check": check, "caused_by": alert.caused_by, "fix": None,
+        self.records.append({**alert.ref, "check": check, "severity": alert.severity, "caused_by": alert.caused_by,
+                             "fix": None,
                              "layers": list(alert.evidence.get("layers") or ([alert.layer] if alert.layer else []))})
         del self.records[:-RECORD_LIMIT]
 
@@ -232,8 +235,8 @@ def summarize(alerts: Sequence[Alert | dict[str, Any]]) -> dict[str, Any]:
         without repeats); and the advisory (``info``) alerts, such as spikes that may be one batch.
     """
     records = [a.to_dict() if isinstance(a, Alert) else dict(a) for a in alerts]
-    advisories = [r for r in records if r.get("severity") == "info"]
-    records = [r for r in records if r.get("severity") != "info"]
+    advisories = [r for r in records if r.get("severity") == "info" and not r.get("caused_by")]
+    records = [r for r in records if r.get("severity") != "info" or r.get("caused_by")]
     key = lambda r: (r.get("kind"), r.get("layer"), r.get("step"))  # noqa: E731
     by_key = {key(r): r for r in records}
 

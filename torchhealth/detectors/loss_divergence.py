@@ -15,6 +15,10 @@ from torchhealth.snapshot import Snapshot
 RISE = 2.0
 """Loss above this multiple of its starting level (and still rising) is divergence."""
 CRITICAL_RISE = 10.0
+SUDDEN_RISE = 1000.0
+"""A single check this far above the start is divergence at once: no batch or episode gives a loss 1000x
+its start (a mislabelled batch gave 11x, a long REINFORCE episode 44x in the benchmark), as the
+gradient detector's sudden jump to 1000x its reference is an explosion at once."""
 
 
 class LossDivergence(Detector):
@@ -32,13 +36,14 @@ class LossDivergence(Detector):
     loss summed over a variable number of terms, an episode, moves with the data). A warning needs the
     latest loss AND the median of the last 3 checks at ``RISE`` times the start, and still rising (the
     latest check above the one before and the last 3 checks' median above the 3 before), so one noisy
-    interval is not a rise, nor a loss that settled at a higher level. A single check at ``CRITICAL_RISE`` times the start is no noise
-    and is critical at once, except in a run with a recent history (more than ``RECENT`` checks):
-    there it is first an advisory ``loss_spike`` (one bad batch gives one), and divergence if the loss
-    stays ``RISE`` times above the start for ``SPIKE_CHECKS`` checks. A loss that has gone below zero (a
-    policy-gradient or other surrogate objective) has no level to diverge from and is not judged; one
-    whose model has layers another optimizer trains (a GAN generator's loss rises as its discriminator
-    learns) needs ``CRITICAL_RISE`` times the start for the trend too.
+    interval is not a rise, nor a loss that settled at a higher level; critical from ``CRITICAL_RISE``
+    times the start. A single check ``CRITICAL_RISE`` (but not ``SUDDEN_RISE``) times above the start
+    without that trend is first an advisory ``loss_spike`` (one bad batch gives one, and so does one
+    long episode of a loss summed over its steps), and divergence if the loss stays ``RISE`` times above
+    the start for ``SPIKE_CHECKS`` checks. A loss that has gone below zero (a policy-gradient or other surrogate
+    objective) has no level to diverge from and is not judged; one whose model has layers another
+    optimizer trains (a GAN generator's loss rises as its discriminator learns) needs ``CRITICAL_RISE``
+    times the start for the trend too.
     """
 
     kind = "loss_divergence"
@@ -69,9 +74,9 @@ class LossDivergence(Detector):
         trend = settled and level >= (CRITICAL_RISE if adversarial else RISE) * start and rising
         if not settled:  # the starting level is the first START_STEPS steps: nothing rises above it before they pass
             return []
-        if rise >= CRITICAL_RISE and not trend and not lasting and len(losses) > RECENT:
+        if CRITICAL_RISE <= rise < SUDDEN_RISE and not trend and not lasting:
             return self._spike(snapshot, facts, start, rise)
-        if lasting or (rise >= RISE and trend) or rise >= CRITICAL_RISE:
+        if lasting or (rise >= RISE and trend) or rise >= SUDDEN_RISE:
             severity = "critical" if rise >= CRITICAL_RISE else "warning"
             evidence = {"loss": snapshot.loss, "recent_median": level, "start_loss": start, "rise": rise,
                         "best_loss": min(losses)}
@@ -87,7 +92,7 @@ class LossDivergence(Detector):
         return []
 
     def _spike(self, snapshot: Snapshot, facts: ModelFacts, start: float, rise: float) -> list[Alert]:
-        """One check far above the start in a run with a history: advisory, divergence if it lasts."""
+        """One check far above the start without a rising trend: advisory, divergence if it lasts."""
         if self.memory.get("spike") is not None:
             return []
         self.memory["spike"] = {"step": snapshot.step, "checks": 1}
