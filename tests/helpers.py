@@ -137,3 +137,16 @@ def run_with_events(quiet_path: bool, monkeypatch, host_losses: bool = True, dev
     with pytest.raises(RuntimeError, match="after close"):
         monitor.step(loss)
     return snapshots, alerts, taken
+
+
+def mlp_facts(depth: int = 4, activation=nn.ReLU, lr: float = 0.1) -> "torchhealth.facts.ModelFacts":
+    """Facts of a plain ``depth``-layer MLP (width 8) under SGD, its forward order noted."""
+    layers = []
+    for _ in range(depth - 1):
+        layers += [nn.Linear(8, 8), activation()]
+    model = nn.Sequential(*layers, nn.Linear(8, 2))
+    facts = torchhealth.facts.ModelFacts.from_model(model, torch.optim.SGD(model.parameters(), lr=lr))
+    for name in facts.layer_types:
+        if name != "model":
+            facts.note_forward(name)
+    return facts

@@ -466,3 +466,29 @@ def test_facts_merge_every_ranks_forward_order_and_activations_alike():
     assert facts.in_forward_order(["d:relu", "b", "a"]) == ["a", "b", "d:relu"]
     facts.note_forward("b")  # known already: no change
     assert facts.forward_order == ["a", "b", "c", "d:relu"]
+
+
+def test_units_that_die_mid_window_are_counted_silent_from_then_on_across_windows(strict_monitor):
+    """``silent_units``: units silent for half a window, whatever window boundary lies in between."""
+    lin = nn.Linear(4, 8)
+    model = nn.Sequential(lin, nn.ReLU())
+    monitor = strict_monitor(model, window_samples=40)
+    x = torch.randn(8, 4)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.fill_(1.0)  # every unit fires
+    assert run(monitor, model, x, steps=3).stats["silent_units"]["1"] == 0.0
+    with torch.no_grad():
+        lin.bias[:5] = -1.0  # 5 of 8 units die after 24 samples; the 40-sample window closes at 40
+    shares = [run(monitor, model, x).stats["silent_units"]["1"] for _ in range(4)]
+    assert shares == [0.0, 0.0, 5 / 8, 5 / 8]  # silent for 16, then 24 >= 20 samples (across the window close)
+    assert monitor.last_snapshot.stats.get("dead_units", {}).get("1", 0.0) < 0.5  # the firm window saw them fire
+
+
+def test_nan_outputs_are_not_silence(strict_monitor):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    monitor = strict_monitor(model, window_samples=16)
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    snap = run(monitor, model, torch.randn(8, 4), steps=4)
+    assert snap.stats["silent_units"]["1"] == 0.0

@@ -66,6 +66,7 @@ def test_report_table_reads_back_what_the_demo_wrote(demo_run, capsys):
     assert code == 0
     assert "grad norm" in out and "update ratio" in out and "dead units" in out
     assert "CRITICAL nonfinite" in out and "no alerts" in out
+    assert "Diagnosis: 1 root cause" in out and "Fixes, most promising first:" in out
 
 
 def test_report_json(demo_run, capsys):
@@ -82,6 +83,9 @@ def test_report_json(demo_run, capsys):
     assert any((layer["update_ratio"] or 0) > 0 for layer in healthy["layers"].values())
     alerts = runs["nonfinite"]["alerts"]
     assert alerts[0]["kind"] == "nonfinite" and alerts[0]["suggestions"]
+    diagnosis = runs["nonfinite"]["diagnosis"]
+    assert [r["alert"]["kind"] for r in diagnosis["roots"]] == ["nonfinite"] and diagnosis["fixes"]
+    assert runs["healthy"]["diagnosis"] == {"roots": [], "fixes": [], "advisories": []}
 
 
 def test_report_on_a_directory_without_a_run_is_a_clear_error(tmp_path, capsys):

@@ -14,17 +14,7 @@ from torchhealth.detectors import (DeadUnits, ExplodingGradient, LossDivergence,
 from torchhealth.facts import ModelFacts
 from torchhealth.snapshot import TOTAL, Snapshot
 
-
-def mlp_facts(depth: int = 4, activation=nn.ReLU, lr: float = 0.1) -> ModelFacts:
-    layers = []
-    for _ in range(depth - 1):
-        layers += [nn.Linear(8, 8), activation()]
-    model = nn.Sequential(*layers, nn.Linear(8, 2))
-    facts = ModelFacts.from_model(model, torch.optim.SGD(model.parameters(), lr=lr))
-    for name in facts.layer_types:
-        if name != "model":
-            facts.note_forward(name)
-    return facts
+from tests.helpers import mlp_facts
 
 
 def snap(step: int, loss: float | None = None, **families) -> Snapshot:
@@ -361,3 +351,154 @@ def test_overflow_after_a_best_loss_of_zero_or_below_claims_no_growth(best):
     for step, norm in enumerate([1.0, 1.0, float("nan")]):
         snapshot = Snapshot(step=10 * step, stats={"grad_norm": {"fc1": norm, TOTAL: norm}}, loss=best)
         assert detector.check(snapshot, facts) == []
+
+
+# -- phase-aware scales: spikes that recover, references from more than one step -------------------------
+def learning_rnn(spike: list[float], spike_losses: list[float]):
+    """A recurrent net on an initial plateau (tiny norms), then learning (norms 15x higher, loss falling), then a spike."""
+    norms = [0.07, 0.08, 0.06, 0.07, 0.08] + [0.3, 0.6, 1.0, 1.2] + [1.0, 0.9, 1.1, 0.8, 1.0, 0.9, 1.2, 1.0, 0.9, 1.1]
+    losses = [0.69, 0.69, 0.68, 0.69, 0.68] + [0.6, 0.45, 0.3, 0.2] + [0.1 * 0.95 ** i for i in range(10)]
+    return grad_sequence(norms + spike, losses + spike_losses)
+
+
+def test_a_spike_that_falls_back_is_an_advisory_gradient_spike_not_an_explosion():
+    # 8x the recent level, 100x the plateau's: measured against the first steps this was an explosion
+    alerts = run(ExplodingGradient(), learning_rnn([8.0, 3.0, 1.0, 0.9, 1.1], [0.9, 0.3, 0.07, 0.06, 0.06]),
+                 mlp_facts())
+    assert [a.kind for a in alerts] == []  # under 10x the recent level: nothing at all
+    alerts = run(ExplodingGradient(), learning_rnn([30.0, 5.0, 1.0, 0.9, 1.1], [0.9, 0.3, 0.07, 0.06, 0.06]),
+                 mlp_facts())
+    assert [(a.kind, a.severity, a.step) for a in alerts] == [("gradient_spike", "info", 190)]
+    assert alerts[0].evidence["spike_step"] == 190 and "190" in alerts[0].suggestions[0]
+
+
+def test_a_spike_that_stays_becomes_an_explosion_after_spike_checks():
+    alerts = run(ExplodingGradient(), learning_rnn([30.0, 40.0, 60.0, 90.0], [0.9, 1.2, 1.5, 2.0]), mlp_facts())
+    assert [(a.kind, a.step) for a in alerts] == [("gradient_spike", 190), ("exploding_gradient", 220)]
+    assert alerts[1].evidence["spike_step"] == 190 and alerts[1].severity == "warning"
+
+
+def test_a_sudden_critical_jump_is_an_explosion_at_once_even_with_a_recent_level():
+    alerts = run(ExplodingGradient(), learning_rnn([5e4], [5.0]), mlp_facts())
+    assert [(a.kind, a.severity, a.step) for a in alerts] == [("exploding_gradient", "critical", 190)]
+
+
+def test_norm_references_come_from_the_first_steps_not_the_first_checks():
+    # Adam on an easy task: norms fall 600x by the third check; later noise at 3x the first norm is no growth
+    norms = [0.525, 0.00733, 0.000863, 5.8e-6, 0.00845, 0.000119, 0.0278, 1.4e-7, 0.00978, 1.47]
+    losses = [1.1, 0.179, 0.0203, 0.0047, 0.0272, 0.00046, 0.0128, 0.0434, 0.0151, 0.0628]
+    assert run(ExplodingGradient(), grad_sequence(norms, losses), mlp_facts()) == []
+    assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
+
+
+def test_trap_adam_start_up_transient_is_not_divergence():
+    # the loss trip-wire adds checks at steps 1-3 while Adam's first steps overshoot; by step 10 it is back
+    steps, losses = [0, 1, 2, 3, 10, 20, 30], [0.7, 1.6, 2.9, 2.4, 0.65, 0.5, 0.4]
+    assert run(LossDivergence(), [snap(s, v) for s, v in zip(steps, losses)], mlp_facts()) == []
+    # the same shape that does not come back is divergence, once the first steps are over
+    diverged = run(LossDivergence(), [snap(s, v) for s, v in zip(steps, [0.7, 1.6, 2.9, 2.4, 3.0, 3.5, 4.0])],
+                   mlp_facts())
+    assert diverged and diverged[0].step == 10 and diverged[0].evidence["start_loss"] == 0.7
+
+
+def test_a_loss_spike_late_in_a_run_is_advisory_and_divergence_only_if_it_stays():
+    base = [0.69, 0.6, 0.45, 0.3, 0.2] + [0.1 * 0.95 ** i for i in range(10)]
+    back = run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(base + [8.0, 0.2, 0.06, 0.06])], mlp_facts())
+    assert [(a.kind, a.severity, a.step) for a in back] == [("loss_spike", "info", 150)]
+    stays = run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(base + [8.0, 7.0, 7.5, 8.0])], mlp_facts())
+    assert [a.kind for a in stays] == ["loss_spike", "loss_divergence"]
+
+
+def test_vanishing_message_says_exactly_zero_not_a_ratio_of_0():
+    alerts = run(VanishingGradient(), [layered(10 * i, 2.30, 0.0, 0.15) for i in range(10)], mlp_facts())
+    assert "norm exactly 0" in alerts[0].message and " is 0 of" not in alerts[0].message
+
+
+def test_units_silent_for_half_a_window_are_a_provisional_warning_confirmed_by_the_window():
+    facts = mlp_facts()
+    seq = [snap(10 * i, 0.7, silent_units={"1": 0.0 if i < 5 else 0.7}) for i in range(12)]
+    seq.append(snap(120, 0.7, silent_units={"1": 0.7}, dead_units={"1": 0.7}))
+    alerts = run(DeadUnits(), seq, facts)
+    assert [(a.layer, a.severity, a.step) for a in alerts] == [("1", "warning", 50)]  # the window adds nothing
+    assert alerts[0].evidence["provisional"] and "provisional" in alerts[0].message
+
+
+def test_a_window_that_saw_units_fire_before_they_died_does_not_close_the_episode():
+    facts, detector = mlp_facts(), DeadUnits()
+    seq = [snap(10 * i, 0.7, silent_units={"1": 0.7}, dead_units={"1": 0.05}) for i in range(6)]
+    assert len(run(detector, seq, facts)) == 1 and "1" in detector.episodes.open
+
+
+def test_dead_unit_advice_lowers_the_learning_rate_only_for_large_updates():
+    facts = mlp_facts(lr=0.05)
+    calm = run(DeadUnits(), [snap(0, 0.7, update_ratio={"0": 1e-3}, silent_units={"1": 0.8})], facts)
+    assert not any("learning rate" in s for s in calm[0].suggestions)
+    wild = run(DeadUnits(), [snap(0, 0.7, update_ratio={"0": 0.2}, silent_units={"1": 0.8})], facts)
+    assert any(s.startswith("Lower the learning rate from 0.05 to 0.01") for s in wild[0].suggestions)
+
+
+def test_a_summed_surrogate_loss_whose_scale_follows_the_episode_is_no_explosion():
+    # REINFORCE summed over each episode: the loss takes both signs, and the norm rises ~20x when the
+    # episodes reach their length limit, then stays there
+    norms = [6.5, 8.0, 7.0, 9.0, 12.0, 150.0, 160.0, 140.0, 170.0, 150.0, 160.0, 155.0]
+    losses = [-0.03, 1.7, -3.7, 2.0, -4.0, 16.0, -45.0, 21.0, -8.0, 30.0, -52.0, 15.0]
+    alerts = run(ExplodingGradient(), grad_sequence(norms, losses), mlp_facts())
+    assert [a.kind for a in alerts] == ["gradient_spike"]
+    assert run(LossDivergence(), [snap(10 * i, v) for i, v in enumerate(losses)], mlp_facts()) == []
+    # the same loss with a norm that keeps growing past its spike is an explosion
+    growing = norms[:5] + [150.0 * 3 ** i for i in range(7)]
+    assert "exploding_gradient" in [a.kind for a in run(ExplodingGradient(), grad_sequence(growing, losses), mlp_facts())]
+
+
+def test_no_divergence_verdict_from_a_starting_level_of_one_step():
+    # the trip-wire's checks at steps 1 and 2 while the loss of a summed objective moves with its data
+    steps, losses = [0, 1, 2, 10, 20], [0.58, 9.0, 18.2, 0.9, 0.7]
+    assert run(LossDivergence(), [snap(s, v) for s, v in zip(steps, losses)], mlp_facts()) == []
+
+
+def test_a_loss_another_optimizer_plays_against_may_settle_higher():
+    gan = nn.ModuleDict({"g": nn.Linear(4, 4), "d": nn.Linear(4, 1)})
+    facts = ModelFacts.from_model(gan, torch.optim.Adam(gan["g"].parameters()))
+    assert facts.trained_elsewhere == ["d"]
+    losses = [0.58, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.25, 1.3]  # a generator's loss while its discriminator learns
+    seq = [snap(10 * i, v) for i, v in enumerate(losses)]
+    assert run(LossDivergence(), seq, facts) == []
+    assert run(LossDivergence(), seq, mlp_facts())  # the same climb of a model's own loss is divergence
+
+
+def test_zero_gradients_are_no_growth_and_growth_from_zero_says_so():
+    alerts = run(ExplodingGradient(), grad_sequence([0.0] * 6, [1.0] * 6), mlp_facts())
+    assert alerts == []
+    alerts = run(ExplodingGradient(), grad_sequence([0.0, 0.0, 0.0, 1850.0], [1e-9, 1e-9, 1e-9, 366.0]), mlp_facts())
+    assert "infx" not in alerts[0].message and "exactly 0" in alerts[0].message
+
+
+def test_a_learning_rate_warmup_is_no_plateau():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / 300))
+    facts, detector, alerts = ModelFacts.from_model(model, opt), LossPlateau(), []
+    for i in range(40):
+        alerts += detector.check(snap(10 * i, 2.30), facts)
+        for _ in range(10):
+            opt.step()
+            scheduler.step()
+    assert [a.step for a in alerts] == [300]  # once the warmup has ended (step 300), not during it
+
+
+def test_one_check_far_above_the_start_is_a_spike_until_it_stays():
+    # REINFORCE summed over episodes that grow: the loss has not yet taken both signs at step 12
+    steps, losses = [0, 10, 11, 12, 20, 30], [0.58, 1.0, 1.1, 25.6, 4.0, -12.0]
+    alerts = run(LossDivergence(), [snap(s, v) for s, v in zip(steps, losses)], mlp_facts())
+    assert [(a.kind, a.step) for a in alerts] == [("loss_spike", 12)]
+    # Adam with lr 1.0: the loss jumps and stays up: divergence once it has stayed for 3 checks
+    steps, losses = [0, 1, 2, 10, 20, 30, 40], [0.72, 25.0, 50.0, 8.0, 8.3, 7.9, 8.1]
+    alerts = run(LossDivergence(), [snap(s, v) for s, v in zip(steps, losses)], mlp_facts())
+    assert [a.kind for a in alerts] == ["loss_spike", "loss_divergence"] and alerts[1].step <= 30
+
+
+def test_the_starting_level_includes_the_first_scheduled_check():
+    # the check at step 0 is one step; the one at step 10 averages steps 1-10: both make the start
+    detector = LossDivergence()
+    run(detector, [snap(0, 1.1), snap(10, 0.18), snap(20, 0.02)], mlp_facts())
+    assert detector.first("loss") == [1.1, 0.18]

@@ -136,7 +136,7 @@ def test_a_fault_raises_the_same_alert_on_every_rank_at_the_same_step(run, scena
     assert [(a["layer"], a["step"], a["evidence"]["root"]) for a in shipped] == [("1", 7, "activation:1")]
 
 
-@pytest.mark.parametrize("scenario, kind", [("raise_test_rule", "test_loss"), ("raise", "loss_divergence")])
+@pytest.mark.parametrize("scenario, kind", [("raise_test_rule", "test_loss"), ("raise", "exploding_gradient")])
 def test_raise_stops_every_rank_at_the_same_step(run, scenario, kind):
     rank0, rank1 = both(run, scenario)
     assert rank0["raised_at"] == rank1["raised_at"] == 15 + rank0["read_lag"]
@@ -164,8 +164,8 @@ def test_a_users_collector_is_reduced_with_the_others_and_its_rule_decides_alike
     rank0, rank1 = both(run, "custom_collector")
     snr = [s["stats"].get("gradient_snr") for s in rank0["snapshots"]]
     assert snr[0] is None and all(v and set(v) == {"0", "2"} for v in snr[1:]), snr  # one step at step 0: no SNR
-    noisy = [(a["layer"], a["step"]) for a in rank0["delivered"] if a["kind"] == "noisy_gradients"]
-    assert noisy == [("0", 10), ("2", 10)] and rank0["delivered"] == rank1["delivered"]
+    noisy = [(a["evidence"]["layers"], a["step"]) for a in rank0["delivered"] if a["kind"] == "noisy_gradients"]
+    assert noisy == [(["0", "2"], 10)] and rank0["delivered"] == rank1["delivered"]  # one alert for both layers
     assert {"health/gradient_snr/0", "health/gradient_snr/2"} <= scalar_tags(str(out / "custom_collector"))
 
 

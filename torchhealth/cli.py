@@ -10,7 +10,7 @@ import sys
 from typing import Any, Sequence
 
 DEFAULT_DEMO_DIR = os.path.join("runs", "torchhealth-demo")
-SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow"}
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 PIP_NAMES = {"sklearn": "scikit-learn"}
 DEMO_LOG_EVERY = 10
 """Demo runs are a few hundred steps: every check goes to TensorBoard so the dashboard shows curves
@@ -101,6 +101,8 @@ def _demo(args: argparse.Namespace) -> int:
         results.append(result)
         if not result.alerts:
             console.print(f"  [green]no alerts[/] in {result.steps_run} steps")
+        else:
+            _print_diagnosis(console, [a.to_dict() for a in result.alerts])
 
     _print_demo_summary(console, results)
     console.print(f"\nSee the health dashboard (Custom Scalars tab) in TensorBoard:\n"
@@ -116,13 +118,31 @@ def _print_alert(console: Any, alert: dict[str, Any]) -> None:
     from rich.padding import Padding
     from rich.text import Text
 
+    from torchhealth.detectors.alert import describe
+
     where = f" in [bold]{escape(str(alert['layer']))}[/]" if alert.get("layer") else ""
     style = SEVERITY_STYLE.get(alert.get("severity"), "")
+    cause, indent = "", 2
+    if alert.get("caused_by"):  # shown under its root
+        cause, indent = f"↳ consequence of {escape(describe(alert['caused_by'], '`'))}: ", 4
     console.print(Padding(Text.from_markup(
-        f"[{style}]{str(alert.get('severity')).upper()}[/] {escape(str(alert.get('kind')))}{where} "
-        f"at step {alert.get('step')}: {escape(str(alert.get('message')))}"), (0, 0, 0, 2), expand=False))
+        f"{cause}[{style}]{str(alert.get('severity')).upper()}[/] {escape(str(alert.get('kind')))}{where} "
+        f"at step {alert.get('step')}: {escape(str(alert.get('message')))}"), (0, 0, 0, indent), expand=False))
     for i, suggestion in enumerate(alert.get("suggestions") or [], 1):
-        console.print(Padding(Text(f"{i}. {suggestion}"), (0, 0, 0, 6), expand=False))  # wrapped lines stay indented
+        console.print(Padding(Text(f"{i}. {suggestion}"), (0, 0, 0, indent + 4), expand=False))  # wrapped lines stay indented
+
+
+def _print_diagnosis(console: Any, alerts: list[dict[str, Any]]) -> None:
+    """Prints the run's diagnosis: root causes, what followed from each, the ranked fixes."""
+    from rich.padding import Padding
+    from rich.text import Text
+
+    from torchhealth.detectors.diagnosis import render, summarize
+
+    for line in render(summarize(alerts)):
+        indent = len(line) - len(line.lstrip())
+        console.print(Padding(Text(line.lstrip(), style="bold" if not indent else ""), (0, 0, 0, 2 + indent),
+                              expand=False))
 
 
 def _print_demo_summary(console: Any, results: list[Any]) -> None:
@@ -172,6 +192,8 @@ def _report(args: argparse.Namespace) -> int:
             console.print("  [green]no alerts[/]\n")
         for alert in report.alerts:
             _print_alert(console, alert)
+        if report.alerts:
+            _print_diagnosis(console, report.alerts)
         console.print()
     return 0
 

@@ -36,6 +36,10 @@ class ModelFacts:
         plain_stack: True when the model is built only from Sequential/ModuleList containers,
             so it has no room for residual connections.
         under_fp16_autocast: Whether a sampled forward ran under fp16 autocast (AMP).
+        layer_groups: ``{layer: index}`` of the optimizer parameter group that holds each layer's
+            (first) parameter, for advice that names the group a fix applies to.
+        trained_elsewhere: Layers with trainable parameters that are in no group of the optimizer
+            (a second optimizer trains them: a GAN's discriminator, an actor-critic's critic).
     """
 
     layer_types: dict[str, str] = field(default_factory=dict)
@@ -49,6 +53,8 @@ class ModelFacts:
     bias_mean: dict[str, float] = field(default_factory=dict)
     plain_stack: bool = False
     under_fp16_autocast: bool = False
+    layer_groups: dict[str, int] = field(default_factory=dict)
+    trained_elsewhere: list[str] = field(default_factory=list)
 
     @classmethod
     def from_model(cls, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> "ModelFacts":
@@ -71,6 +77,14 @@ class ModelFacts:
                 facts.init_gain[name] = _gain(module.weight)
                 if getattr(module, "bias", None) is not None:
                     facts.bias_mean[name] = _mean(module.bias)
+        if optimizer is not None:
+            group_of = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
+            for name, module in model.named_modules():
+                index = next((group_of[id(p)] for p in module.parameters(recurse=False) if id(p) in group_of), None)
+                if index is not None:
+                    facts.layer_groups[clean_name(name)] = index
+                elif any(p.requires_grad for p in module.parameters(recurse=False)):
+                    facts.trained_elsewhere.append(clean_name(name))
         return facts
 
     def has(self, *class_names: str) -> bool:
@@ -105,6 +119,26 @@ class ModelFacts:
             return None
         lr = self.optimizer.param_groups[0].get("lr")
         return float(lr) if lr is not None else None
+
+    def group(self, layers: Any = None) -> tuple[int, dict[str, Any]] | None:
+        """``(index, param_group)`` of the optimizer group holding the first of ``layers`` (or the layer
+        feeding it) that has one; the first group when none does; None without an optimizer."""
+        if self.optimizer is None or not self.optimizer.param_groups:
+            return None
+        for layer in list(layers or []):
+            for name in (layer, self.feeding_layer(layer)):
+                if name in self.layer_groups:
+                    index = self.layer_groups[name]
+                    return index, self.optimizer.param_groups[index]
+        return 0, self.optimizer.param_groups[0]
+
+    def feeding_layer(self, site: str) -> str | None:
+        """The weight layer that ran last before ``site`` in forward order (its pre-activations' source)."""
+        if site not in self.forward_order:
+            return None
+        before = self.forward_order[:self.forward_order.index(site)]
+        weights = set(self.weight_layers)
+        return next((layer for layer in reversed(before) if layer in weights), None)
 
     def note_forward(self, layer: str) -> None:
         """Records that ``layer`` ran (the first time it is seen) to keep forward order."""

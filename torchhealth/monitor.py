@@ -14,8 +14,9 @@ from torch import nn
 from torchhealth import distributed
 from torchhealth.amp import check_scaler
 from torchhealth.collectors import Collector, default_collectors
-from torchhealth.collectors.base import IDLE, AttachContext
+from torchhealth.collectors.base import AttachContext
 from torchhealth.detectors import Alert, Detector, default_detectors
+from torchhealth.detectors.diagnosis import Diagnosis, root_of
 from torchhealth.errors import TrainingHealthError
 from torchhealth.facts import ModelFacts
 from torchhealth.layers import parameter_layers, unwrap
@@ -129,6 +130,7 @@ class Monitor:
         device = params[0][2].device if params else torch.device("cpu")
 
         self.detectors: list[Detector] = detectors
+        self.diagnosis = Diagnosis()  # links each check's alerts to earlier ones that explain them
         self.sinks: list[Sink] = []
         self._raise_on_critical = False
         self._attach_sinks(sinks)
@@ -283,6 +285,7 @@ class Monitor:
             "alerts": [alert.to_dict() for alert in self.alerts],
             "detectors": [{"kind": d.kind, "state": self.guard.call(f"detector {d.kind}", d.state_dict, default={})}
                           for d in self.detectors],
+            "diagnosis": self.diagnosis.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -304,6 +307,7 @@ class Monitor:
         for detector in self.detectors:
             if saved.get(detector.kind):
                 self.guard.call(f"detector {detector.kind}", detector.load_state_dict, saved[detector.kind].pop(0))
+        self.diagnosis.load_state_dict(state.get("diagnosis", {}))
         self.alerts = [_alert_from_dict(d) for d in state.get("alerts", [])][-MAX_ALERT_HISTORY:]
         sent = {(a.kind, a.layer, a.message) for a in self.alerts}
         self._static_alerts = [a for a in self._static_alerts if (a.kind, a.layer, a.message) not in sent]
@@ -444,8 +448,10 @@ class Monitor:
             for sink in self.sinks:
                 self.guard.call(f"sink {sink.name}", sink.write_snapshot, snapshot)
         self.last_snapshot = snapshot
-        return [a for d in self.detectors
-                for a in self.guard.call(f"detector {d.kind}", d.check, snapshot, self.facts, default=[])]
+        alerts = [a for d in self.detectors
+                  for a in self.guard.call(f"detector {d.kind}", d.check, snapshot, self.facts, default=[])]
+        return self.guard.call("diagnosis", self.diagnosis.link, alerts, snapshot, self.facts, self.detectors,
+                               default=alerts)
 
     def _flush(self, *, may_raise: bool) -> list[Alert]:
         if self._reading is None:
@@ -465,11 +471,16 @@ class Monitor:
             self._raise_critical(alerts)
 
     def _raise_critical(self, alerts: list[Alert]) -> None:
-        """Raises the first critical alert of ``alerts`` when ``on_alert="raise"``."""
+        """Raises on the first critical alert of ``alerts`` when ``on_alert="raise"``, naming its root cause.
+
+        A consequence never raises on its own: a critical consequence of a critical root raised with
+        the root; one of a warning raises naming that root (the root got worse).
+        """
         if self._raise_on_critical:
-            critical = next((a for a in alerts if a.severity == "critical"), None)
-            if critical is not None:
-                raise TrainingHealthError(critical)
+            for alert in alerts:
+                root = root_of(alert, self.alerts) if alert.severity == "critical" else None
+                if root is not None and (root is alert or root.severity != "critical"):
+                    raise TrainingHealthError(root)
 
     def _retire_failed_collectors(self) -> None:
         """Removes the hooks of collectors the guard switched off, so a failed part costs nothing.

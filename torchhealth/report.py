@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchhealth.detectors.alert import _json_safe
+from torchhealth.detectors.diagnosis import summarize
 from torchhealth.sinks.jsonl import ALERTS_FILE
 from torchhealth.sinks.tensorboard import TAG_PREFIX
 
 EVENT_FILE_PATTERN = "events.out.tfevents.*"
-BUILT_IN_FAMILIES = ("grad_norm", "param_grad_norm", "weight_norm", "update_ratio", "zero_fraction", "dead_units",
+BUILT_IN_FAMILIES = ("grad_norm", "param_grad_norm", "weight_norm", "update_ratio", "zero_fraction", "dead_units", "silent_units",
                      "saturation")
 """Families of the default collectors; the report shows the others under ``LayerHealth.other``."""
 
@@ -67,10 +68,29 @@ class RunReport:
     layers: dict[str, LayerHealth] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)
 
+    def diagnosis(self) -> dict[str, Any]:
+        """The run's diagnosis from its alerts: root causes with what followed, ranked fixes, advisories.
+
+        See ``torchhealth.detectors.diagnosis.summarize``.
+        """
+        return summarize(self.alerts)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (non-finite numbers become strings such as ``"nan"``)."""
+        """JSON-ready dict (non-finite numbers become strings such as ``"nan"``).
+
+        ``diagnosis`` names alerts by ``{"kind", "layer", "step"}`` (their full records are in ``alerts``).
+        """
+        found = self.diagnosis()
+        diagnosis = {"roots": [{"alert": _ref(e["alert"]), "consequences": [_ref(c) for c in e["consequences"]]}
+                               for e in found["roots"]],
+                     "fixes": found["fixes"], "advisories": [_ref(a) for a in found["advisories"]]}
         return _json_safe({"run_dir": self.run_dir, "last_step": self.last_step, "loss": self.loss,
-                           "layers": {name: vars(h) for name, h in self.layers.items()}, "alerts": self.alerts})
+                           "layers": {name: vars(h) for name, h in self.layers.items()}, "alerts": self.alerts,
+                           "diagnosis": diagnosis})
+
+
+def _ref(alert: dict[str, Any]) -> dict[str, Any]:
+    return {key: alert.get(key) for key in ("kind", "layer", "step")}
 
 
 def find_runs(log_dir: str | os.PathLike) -> list[str]:

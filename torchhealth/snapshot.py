@@ -15,7 +15,8 @@ class Snapshot:
     Attributes:
         step: The step this snapshot was taken at.
         stats: ``{family: {layer: value}}``; families are ``grad_norm``, ``param_grad_norm``,
-            ``weight_norm``, ``update_ratio``, ``zero_fraction``, ``dead_units``, ``saturation``.
+            ``weight_norm``, ``update_ratio``, ``zero_fraction``, ``dead_units``, ``silent_units``
+            (share of a ReLU site's units silent for the last half window), ``saturation``.
             A family or layer is absent when nothing was measured for it since the last snapshot.
         loss: Mean training loss over the steps since the last snapshot, or None.
         val_loss: Latest validation loss reported since the last snapshot, or None.

@@ -52,12 +52,12 @@ COLLECTOR_FAULTS = [
     (WeightCollector, "state", {"weight_norm", "update_ratio"}),
     (WeightCollector, "finish", {"weight_norm", "update_ratio"}),
     (WeightCollector, "remember_weights", {"weight_norm", "update_ratio"}),  # one part: the whole collector
-    (ActivationCollector, "state", {"zero_fraction", "saturation"}),
-    (ActivationCollector, "reset_interval", {"zero_fraction", "saturation"}),
-    (ActivationCollector, "finish", {"zero_fraction", "saturation"}),
-    (ActivationCollector, "_observe", {"zero_fraction", "saturation"}),  # runs inside the forward hooks
-    (Site, "observe", {"zero_fraction", "saturation"}),  # a site's kernels, inside the hooks
-    (ActivationHooks, "_start_sampled_forward", {"zero_fraction", "saturation"}),  # the model pre-hook's work
+    (ActivationCollector, "state", {"zero_fraction", "saturation", "silent_units"}),
+    (ActivationCollector, "reset_interval", {"zero_fraction", "saturation", "silent_units"}),
+    (ActivationCollector, "finish", {"zero_fraction", "saturation", "silent_units"}),
+    (ActivationCollector, "_observe", {"zero_fraction", "saturation", "silent_units"}),  # runs inside the forward hooks
+    (Site, "observe", {"zero_fraction", "saturation", "silent_units"}),  # a site's kernels, inside the hooks
+    (ActivationHooks, "_start_sampled_forward", {"zero_fraction", "saturation", "silent_units"}),  # the model pre-hook's work
 ]
 
 
@@ -73,7 +73,8 @@ def test_collector_fault_switches_only_that_part_off(monkeypatch, caplog, cls, m
     # a switched-off activation collector is no sign of hooks that never run
     assert not [r for r in caplog.records if "ran on none of" in r.getMessage()]
     assert monitor.step_count == 20
-    everything = {"grad_norm", "param_grad_norm", "weight_norm", "update_ratio", "zero_fraction", "saturation"}
+    everything = {"grad_norm", "param_grad_norm", "weight_norm", "update_ratio", "zero_fraction", "saturation",
+                  "silent_units"}
     assert families(monitor) == everything - lost
     assert monitor.last_snapshot.loss is not None
     monitor.close()

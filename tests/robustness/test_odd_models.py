@@ -23,7 +23,7 @@ def test_no_parameters():
     for _ in range(3):
         monitor.step(model(torch.randn(4, 3)).sum())
     assert "grad_norm" not in monitor.last_snapshot.stats
-    assert set(monitor.last_snapshot.stats) == {"zero_fraction", "saturation"}
+    assert set(monitor.last_snapshot.stats) == {"zero_fraction", "saturation", "silent_units"}
     monitor.close()
 
 

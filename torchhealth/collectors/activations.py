@@ -26,6 +26,12 @@ from torchhealth.transfer import to_device
 MAX_SITES_PER_MODULE = 16
 
 
+SILENT_SPAN = 0.5
+"""Share of a window a unit must stay silent for to count in ``silent_units``: half, so units that die
+early in a window are reported in half the time the firm verdict (a whole window after they died,
+when the next window closes) takes."""
+
+
 class ActivationCollector(Collector):
     """Hooks activation modules (and, optionally, functional activations) of a model.
 
@@ -79,6 +85,8 @@ class ActivationCollector(Collector):
         # each site's latest closed window's dead share, shown at every log step; replaced, never changed in
         # place, so that every snapshot can hold it without a copy
         self._dead_shares: dict[str, float] = {}
+        self._silence: dict[str, np.ndarray] = {}  # per ReLU site: each unit's sampled inputs since it last fired
+        self._silence_base: dict[str, float] = {}  # per ReLU site: its window samples at the last check
         self.hooks = ActivationHooks(self, self.model, facts, guard or Guard(strict=True), functional)  # last: hooks go on
 
     @property
@@ -327,6 +335,38 @@ class ActivationCollector(Collector):
             for site, offset in zip(order, first_nonfinite(markers).tolist()):
                 if offset >= 0:
                     snapshot.nonfinite[f"activation:{site.name}"] = interval_start + offset
+        self._file_silence(snapshot, read, positive, samples, closing)
+
+    def _file_silence(self, snapshot: Snapshot, read: SiteBuffers, positive: np.ndarray, samples: np.ndarray,
+                      closing: np.ndarray) -> None:
+        """Files ``silent_units``: per ReLU site, the share of units that fired for none of the last half window.
+
+        Host numbers the check has anyway (each unit's positive count this interval): every unit keeps
+        the sampled inputs since it last fired, so units that died early in a window are seen half a
+        window after they died instead of after the next whole window (a provisional verdict; the
+        window's ``dead_units`` is the firm one). An interval with a non-finite output restarts the count:
+        NaN is not death.
+        """
+        silence, base = self._silence, self._silence_base
+        span = self.window_samples * SILENT_SPAN
+        names, shares = [], []
+        for i, (name, start, count) in enumerate(zip(read.names, read.starts.tolist(), read.units.tolist())):
+            if not read.relu[i]:
+                continue
+            new = float(samples[i]) - base.get(name, 0.0)
+            fired = positive[start:start + count]
+            silent = silence.get(name)
+            if silent is None or len(silent) != count:
+                silent = np.zeros(count)
+            if f"activation:{name}" in snapshot.nonfinite:  # NaN outputs count as 0 (sign(NaN) is 0): not silence
+                silence[name] = silent = np.zeros(count)
+            else:
+                silence[name] = silent = np.where((fired > 0) | np.isnan(fired), 0.0, silent + max(new, 0.0))
+            base[name] = 0.0 if closing[i] else float(samples[i])  # a closed window's count restarts from zero
+            if new > 0:
+                names.append(name)
+                shares.append(float((silent >= span).mean()))
+        file_values(snapshot, "silent_units", names, shares)
 
     def close(self) -> None:
         self.hooks.close()

@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-SEVERITIES = ("warning", "critical")
+SEVERITIES = ("info", "warning", "critical")
+"""``info`` is advisory (a spike that may be one bad batch): it never pages and is no false alarm."""
 
 
 @dataclass
@@ -18,11 +19,13 @@ class Alert:
         kind: Problem kind, e.g. ``"exploding_gradient"``.
         layer: Qualified module name the problem is located in, or None for model-wide problems.
         step: Training step (0-based count of ``Monitor.step`` calls) the alert was raised at.
-        severity: ``"warning"`` or ``"critical"``.
+        severity: ``"info"`` (advisory), ``"warning"`` or ``"critical"``.
         value: The statistic that triggered the alert.
         message: One-line human-readable explanation with the evidence.
         suggestions: Ranked fixes, most promising first, each with its reason.
         evidence: Extra numbers behind the decision (for programs and the JSON log).
+        caused_by: None for a root cause; for a consequence of an earlier alert, a reference to that
+            alert: ``{"kind": ..., "layer": ..., "step": ...}``. Consequences never raise on their own.
     """
 
     kind: str
@@ -33,6 +36,7 @@ class Alert:
     message: str
     suggestions: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
+    caused_by: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -42,17 +46,32 @@ class Alert:
         """Returns a JSON-serialisable dict (non-finite floats become strings)."""
         return _json_safe(dataclasses.asdict(self))
 
+    @property
+    def ref(self) -> dict[str, Any]:
+        """What a consequence's ``caused_by`` holds to name this alert."""
+        return {"kind": self.kind, "layer": self.layer, "step": self.step}
+
     def to_markdown(self) -> str:
-        """Renders the alert as markdown for TensorBoard's text tab."""
+        """Renders the alert as markdown for TensorBoard's text tab (a consequence under its root)."""
         where = f" in `{self.layer}`" if self.layer else ""
-        lines = [f"**{self.severity.upper()}** `{self.kind}`{where} at step {self.step}: {self.message}"]
+        cause = f" ↳ consequence of {describe(self.caused_by, '`')}," if self.caused_by else ""
+        lines = [f"**{self.severity.upper()}**{cause} `{self.kind}`{where} at step {self.step}: {self.message}"]
         lines += [f"{i}. {s}" for i, s in enumerate(self.suggestions, 1)]
         return "\n\n".join(lines[:1]) + ("\n\n" + "\n".join(lines[1:]) if len(lines) > 1 else "")
 
     def __str__(self) -> str:
         where = f" [{self.layer}]" if self.layer else ""
-        text = f"{self.severity.upper()} {self.kind}{where} at step {self.step}: {self.message}"
+        cause = f" (consequence of {describe(self.caused_by)})" if self.caused_by else ""
+        text = f"{self.severity.upper()} {self.kind}{where} at step {self.step}{cause}: {self.message}"
         return text + "".join(f"\n  -> {s}" for s in self.suggestions)
+
+
+def describe(ref: dict[str, Any] | None, quote: str = "") -> str:
+    """Names the alert ``ref`` points to (an ``Alert.ref`` / ``caused_by`` value) in a few words."""
+    if not ref:
+        return "nothing"
+    where = f" in {quote}{ref['layer']}{quote}" if ref.get("layer") else ""
+    return f"{ref.get('kind')}{where} at step {ref.get('step')}"
 
 
 def _json_safe(value: Any) -> Any:
@@ -62,6 +81,9 @@ def _json_safe(value: Any) -> Any:
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, str):
+        return str(value)  # plain str: a suggestion's Fix subclass must not reach pickles or weights_only loads
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
     return str(value)
+

@@ -17,6 +17,11 @@ SERIES_LIMIT = 200
 """Checks of history a detector keeps per series (older values are dropped)."""
 START_VALUES = 3
 """First values of each series kept for good: a run's start must not drift once old checks are dropped."""
+START_STEPS = 10
+"""Steps from a series' first value within which its start values are taken (the default check interval,
+its end included: the check there averages the steps since the first one, so the start is never one
+step): the level training started from, however many checks the loss trip-wire added in them, never a
+level reached by learning at later checks (a loss or norm that fell 50x by the third scheduled check)."""
 
 
 class Detector:
@@ -44,18 +49,26 @@ class Detector:
         return []
 
     # -- helpers for subclasses --------------------------------------------------------------------
-    def remember(self, name: str, value: float) -> list[float]:
-        """Appends ``value`` to series ``name`` (bounded) and returns the series."""
+    def remember(self, name: str, value: float, step: int | None = None) -> list[float]:
+        """Appends ``value`` to series ``name`` (bounded) and returns the series.
+
+        With ``step``, only values of the first ``START_STEPS`` steps of the series are start values.
+        """
         series = self.series.setdefault(name, [])
         series.append(float(value))
         if len(series) > SERIES_LIMIT:
             del series[:-SERIES_LIMIT]
-        if len(series) <= START_VALUES:  # the series' first values, kept for good
-            self.memory.setdefault(f"start:{name}", []).append(float(value))
+        start = self.memory.setdefault(f"start:{name}", [])
+        if step is None:
+            early = len(series) <= START_VALUES
+        else:
+            early = step <= self.memory.setdefault(f"first_step:{name}", step) + START_STEPS
+        if early and len(start) < START_VALUES:
+            start.append(float(value))  # the series' first values, kept for good
         return series
 
     def first(self, name: str, n: int = START_VALUES) -> list[float]:
-        """The first ``n`` (at most ``START_VALUES``) values ever remembered in series ``name``."""
+        """The first ``n`` (at most ``START_VALUES``) start values of series ``name`` (see ``remember``)."""
         start = self.memory.get(f"start:{name}") or self.series.get(name, [])[:START_VALUES]
         return start[:n]
 

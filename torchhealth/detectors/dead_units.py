@@ -6,7 +6,7 @@ import math
 
 from torchhealth.detectors.alert import Alert
 from torchhealth.detectors.base import Detector
-from torchhealth.detectors.trends import consecutive
+from torchhealth.detectors.trends import consecutive, median
 from torchhealth.facts import ModelFacts
 from torchhealth.snapshot import Snapshot
 
@@ -28,19 +28,24 @@ class DeadUnits(Detector):
     steps (1024 samples at batch 32, sampling every 10th step: 320 steps). A site that output
     nothing but zeros for ``SILENT_CHECKS`` check intervals in a row is reported before its window
     closes: no unit fired for any sampled input, which is death by the same per-unit definition
-    (and element sparsity short of 100% never triggers it).
+    (and element sparsity short of 100% never triggers it). A site where ``DEAD_SHARE`` of the units
+    fired for none of the last half window (``silent_units``, counted per unit across windows) gets a
+    provisional warning at once; the window that closes confirms it or escalates it to critical.
     """
 
     kind = "dead_units"
     recover_after = 2
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
-        alerts = self._silent_sites(snapshot, facts)
+        ratios = snapshot.family("update_ratio")
+        if ratios:  # measured on log steps only: the latest is kept for the advice (large updates kill units)
+            self.memory["update_ratio"] = median(list(ratios.values()))
+        alerts = self._silent_sites(snapshot, facts) + self._provisional(snapshot, facts)
         for site, share in snapshot.family("dead_units").items():
             if not math.isfinite(share):
                 continue
             if share < DEAD_SHARE:
-                if share < RECOVERED_SHARE:
+                if share < RECOVERED_SHARE and snapshot.family("silent_units").get(site, 0.0) < DEAD_SHARE:
                     self.episodes.healthy(site, snapshot.step)
                 continue
             severity = "critical" if share >= CRITICAL_SHARE else "warning"
@@ -49,6 +54,22 @@ class DeadUnits(Detector):
             alerts += self._report(site, snapshot, facts, share, severity, evidence,
                                    f"{share:.0%} of the units of `{site}` fired for none of the last "
                                    f"{snapshot.window_samples} samples")
+        return alerts
+
+    def _provisional(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
+        """A warning as soon as ``DEAD_SHARE`` of a site's units fired for none of the last half window.
+
+        Units that die early in a window are otherwise reported only when the next whole window closes
+        (two windows after they died); the closing window confirms (or escalates) the verdict.
+        """
+        alerts = []
+        for site, share in snapshot.family("silent_units").items():
+            if not math.isfinite(share) or share < DEAD_SHARE or site in self.episodes.open:
+                continue
+            evidence = {"silent_share": share, "provisional": True, "zero_fraction": snapshot.family("zero_fraction").get(site)}
+            alerts += self._report(site, snapshot, facts, share, "warning", evidence,
+                                   f"{share:.0%} of the units of `{site}` fired for none of at least the last half "
+                                   f"window of samples (provisional: the full window confirms it)")
         return alerts
 
     def _silent_sites(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
@@ -66,18 +87,12 @@ class DeadUnits(Detector):
     def _report(self, site: str, snapshot: Snapshot, facts: ModelFacts, share: float, severity: str,
                 evidence: dict, message: str) -> list[Alert]:
         evidence = {"dead_share": share, "layers": [site], **evidence}
-        feeding = _feeding_layer(site, facts)
+        if self.memory.get("update_ratio") is not None:
+            evidence["update_ratio"] = self.memory["update_ratio"]
+        feeding = facts.feeding_layer(site)
         if feeding is not None and feeding in facts.bias_mean:
             evidence["feeding_layer"] = feeding
             evidence["preceding_bias_mean"] = facts.bias_mean[feeding]
         return self.episode(site, facts, step=snapshot.step, severity=severity, layer=site, value=share,
                             evidence=evidence, message=message)
 
-
-def _feeding_layer(site: str, facts: ModelFacts) -> str | None:
-    """The weight layer that ran last before ``site`` in forward order (its pre-activations' source)."""
-    if site not in facts.forward_order:
-        return None
-    before = facts.forward_order[:facts.forward_order.index(site)]
-    weights = set(facts.weight_layers)
-    return next((layer for layer in reversed(before) if layer in weights), None)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+from torchhealth.advice import suggest
 from torchhealth.detectors.alert import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import median
 from torchhealth.facts import ModelFacts
+from torchhealth.formatting import fmt
 from torchhealth.snapshot import TOTAL, Snapshot
 
 GROWTH = 10.0
@@ -17,17 +19,33 @@ CRITICAL_GROWTH = 1000.0
 RECOVERED_GROWTH = 3.0
 LOSS_SLACK = 1.05
 """The loss counts as improving while it is within 5% of its best value so far."""
+RECENT = 10
+"""Checks of healthy norms whose median is the run's recent level; a run with this many has a phase to compare with."""
+SPIKE_CHECKS = 3
+"""Checks a growth must last, once the run has a recent level, to be an explosion rather than a spike."""
 
 
 class ExplodingGradient(Detector):
     """Flags gradient norms that grew ``GROWTH`` times past the model's reference scale.
 
-    The reference scale is the larger of the first measured norm and the median of earlier norms
-    (outside explosions), so large-but-falling norms (regression on big targets) and late-training bounces (norms
-    that shrank near convergence and bounce back, still below the early scale) are not growth.
+    The reference follows the run: the larger of its starting level (median of the norms checked in its
+    first ``START_STEPS`` steps, up to 3, not one step where the loss trip-wire added checks: the first
+    steps of Adam/Adadelta often spike) and its recent level (median of the last
+    ``RECENT`` healthy norms). Norms measured while the loss improves are healthy whatever their size,
+    so a net that leaves an initial plateau (norms rising 10-30x as it starts learning) moves its
+    reference with it; large-but-falling norms and late-training bounces (norms that shrank near
+    convergence and bounce back, still below the starting level) are not growth.
+
     Growth only counts while the loss is not improving; a sudden jump (10x the previous check, to
     ``CRITICAL_GROWTH`` times the reference) is critical on its own, and so is an overflow after the
-    loss grew by orders of magnitude. Steps skipped by AMP's GradScaler are ignored.
+    loss grew by orders of magnitude. Once the run has a recent level, a growth short of critical is
+    first an advisory ``gradient_spike`` (with its step, so the batch can be found and skipped) and
+    becomes ``exploding_gradient`` only if it lasts ``SPIKE_CHECKS`` checks. A loss that has taken both
+    signs (policy gradients and other surrogate objectives, often summed over a variable number of
+    terms, so that their scale follows the data: an episode's length) cannot say whether training
+    improves: a new level of the norm becomes the reference, and only a norm that grows another
+    ``RECOVERED_GROWTH`` times past its spike is an explosion. Steps skipped by AMP's GradScaler are
+    ignored.
     """
 
     kind = "exploding_gradient"
@@ -45,31 +63,74 @@ class ExplodingGradient(Detector):
         if snapshot.loss is not None:
             self.remember("loss", snapshot.loss)
         layer_refs = self.memory.setdefault("layer_first", {})
+        signed = self._signed(snapshot.loss)
         if not history:
-            self.remember("norm", norm)
+            self.remember("norm", norm, snapshot.step)
             self.memory["previous"] = norm
             layer_refs.update({k: v for k, v in norms.items() if k != TOTAL and math.isfinite(v) and v > 0})
             return []
-        reference = max(self.first("norm", 1)[0], median(history))
-        growth = norm / reference if reference > 0 else math.inf
-        if math.isfinite(norm) and growth < GROWTH:
-            self.remember("norm", norm)  # norms of an explosion never become the reference
+        reference = self.reference(history)
+        growth = norm / reference if reference > 0 else (math.inf if norm > 0 else 1.0)
         improving = snapshot.loss is not None and best_loss is not None and snapshot.loss <= best_loss * LOSS_SLACK
         sudden = growth >= CRITICAL_GROWTH and norm >= GROWTH * self.memory.get("previous", norm)
         self.memory["previous"] = norm
+        spike = self.memory.get("spike")
+        # a loss of both signs (a policy-gradient or other surrogate objective, often a sum over a variable
+        # number of terms) says nothing about improvement, and its scale follows the data: a new level of the
+        # norm is followed, and only a norm that keeps growing past its spike is an explosion
+        still_growing = not signed or (spike is not None and norm >= RECOVERED_GROWTH * spike["norm"])
+        if growth < GROWTH or (improving and not sudden) or (signed and not sudden and not still_growing):
+            self.remember("norm", norm, snapshot.step)  # norms of an explosion never become the reference
         if sudden or (growth >= GROWTH and not improving):
             severity = "critical" if growth >= CRITICAL_GROWTH else "warning"
+            established = len(history) >= RECENT or signed
+            if severity == "warning" and established and (spike is None or spike["checks"] < SPIKE_CHECKS
+                                                          or not still_growing):
+                return self._spike(snapshot, facts, norm, reference, growth)
             culprit = self._culprit(norms, layer_refs, facts)
             evidence = {"norm": norm, "reference_norm": reference, "growth": growth, "healthy_norm": reference,
                         "loss": snapshot.loss, "best_loss": best_loss, "layers": [culprit] if culprit else []}
+            if spike is not None:
+                evidence["spike_step"] = spike["step"]
             where = f"; fastest-growing layer `{culprit}`" if culprit else ""
+            lasted = f" for {spike['checks']} checks since step {spike['step']}" if spike is not None else ""
             return self.episode(MODEL, facts, step=snapshot.step, severity=severity,
                 layer=culprit, value=norm, evidence=evidence,
-                message=(f"total gradient norm {norm:.3g} is {growth:.3g}x its reference scale {reference:.3g} "
-                         f"while the loss is not improving{where}"))
+                message=(f"total gradient norm {fmt(norm)} is "
+                         + (f"{fmt(growth)}x its reference scale {fmt(reference)}" if reference > 0 else
+                            "up from a reference scale of exactly 0")
+                         + f"{lasted} while the loss is not improving{where}"))
         if growth < RECOVERED_GROWTH:
+            self.memory.pop("spike", None)
             self.episodes.healthy(MODEL, snapshot.step)
         return []
+
+    def reference(self, history: list[float]) -> float:
+        """The scale a norm is compared with: the larger of the starting and the recent level."""
+        return max(median(self.first("norm")), median(history[-RECENT:]))
+
+    def _signed(self, loss: float | None) -> bool:
+        """True once the loss has been both negative and positive (kept for good)."""
+        if loss is not None and math.isfinite(loss) and loss != 0:
+            signs = self.memory.setdefault("loss_signs", [])
+            if (loss > 0) not in signs:
+                signs.append(loss > 0)
+        return len(self.memory.get("loss_signs", [])) == 2
+
+    def _spike(self, snapshot: Snapshot, facts: ModelFacts, norm: float, reference: float, growth: float) -> list[Alert]:
+        """A growth past ``GROWTH`` in a run with a recent level: advisory at once, an explosion if it lasts."""
+        spike = self.memory.get("spike")
+        if spike is not None:
+            spike["checks"] += 1
+            return []
+        self.memory["spike"] = {"step": snapshot.step, "checks": 1, "norm": norm}
+        evidence = {"norm": norm, "reference_norm": reference, "growth": growth, "healthy_norm": reference,
+                    "spike_step": snapshot.step, "loss": snapshot.loss}
+        return [Alert(kind="gradient_spike", layer=None, step=snapshot.step, severity="info", value=norm,
+                      evidence=evidence, suggestions=suggest("gradient_spike", facts, evidence),
+                      message=(f"total gradient norm {fmt(norm)} is {fmt(growth)}x the run's recent level "
+                               f"{fmt(reference)} in the steps up to {snapshot.step}; if it falls back within "
+                               f"{SPIKE_CHECKS} checks it was a batch, if it stays it is an explosion"))]
 
     def _overflow(self, snapshot: Snapshot, facts: ModelFacts, norm: float, history: list[float],
                   best_loss: float | None) -> list:
@@ -83,7 +144,7 @@ class ExplodingGradient(Detector):
                 or snapshot.loss < CRITICAL_GROWTH * best_loss):
             return []
         growth = snapshot.loss / best_loss
-        evidence = {"norm": norm, "reference_norm": self.first("norm", 1)[0], "healthy_norm": max(self.first("norm", 1)[0], median(history)),
+        evidence = {"norm": norm, "reference_norm": self.reference(history), "healthy_norm": self.reference(history),
                     "loss_growth": growth, "loss": snapshot.loss, "best_loss": best_loss,
                     "first_nonfinite": min(snapshot.nonfinite.values(), default=snapshot.step)}
         return self.episode(MODEL, facts, step=snapshot.step, severity="critical", layer=None, value=norm,

@@ -19,7 +19,9 @@ class LossPlateau(Detector):
     """Flags a loss that moved less than 1% over ``WINDOW`` checks and less than 10% since the start.
 
     A run that learned and then levelled off has converged (or plateaued at a level only the user can
-    judge); only a run that never got anywhere is flagged.
+    judge); only a run that never got anywhere is flagged. A run whose LR scheduler is still warming up
+    (the rate below the schedule's base and higher than ``WINDOW`` checks ago) gets no verdict: a long
+    warmup starts from a rate too small to move the loss, by design.
     """
 
     kind = "loss_plateau"
@@ -28,9 +30,12 @@ class LossPlateau(Detector):
         ratios = snapshot.family("update_ratio")
         if ratios:  # measured on log steps only: the latest is kept for the evidence
             self.memory["update_ratio"] = median(list(ratios.values()))
+        warming = self._warming_up(facts)
         if snapshot.loss is None:
             return []
         losses = self.remember("loss", snapshot.loss)
+        if warming:  # a learning rate still on its way up to the schedule's base moves little: no verdict yet
+            return []
         recent = progress(losses, WINDOW)
         if recent is None:
             return []
@@ -45,3 +50,12 @@ class LossPlateau(Detector):
                          f"{total:+.1%} since the start ({start:.4g})"))
         self.episodes.healthy(MODEL, snapshot.step)
         return []
+
+    def _warming_up(self, facts: ModelFacts) -> bool:
+        """True while an LR scheduler's warmup holds the rate below its base and the rate rose over the window."""
+        found = facts.group()
+        if found is None or not found[1].get("lr"):
+            return False
+        lr, base = float(found[1]["lr"]), found[1].get("initial_lr")
+        rates = self.remember("lr", lr)
+        return bool(base) and lr < base and len(rates) > 1 and lr > rates[-min(len(rates), WINDOW + 1)]

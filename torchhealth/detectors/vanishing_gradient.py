@@ -9,6 +9,7 @@ from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import consecutive, stalled
 from torchhealth.facts import ModelFacts
+from torchhealth.formatting import fmt
 from torchhealth.snapshot import TOTAL, Snapshot
 
 RATIO = 1e-3
@@ -51,12 +52,18 @@ class VanishingGradient(Detector):
                         "upper_layers": upper, "layers": lower, "checks_low": consecutive(low_flags)}
             return self.episode(MODEL, facts, step=snapshot.step, severity=severity,
                 layer=lower[0], value=ratio, evidence=evidence,
-                message=(f"gradient norm of the lower layers ({low:.3g}, from `{lower[0]}`) is {ratio:.2g} of the "
-                         f"upper layers' ({high:.3g}, up to `{upper[-1]}`) for {consecutive(low_flags)} checks "
-                         f"while the loss stalls"))
+                message=_message(low, high, ratio, lower, upper, consecutive(low_flags)))
         if ratio >= RATIO:
             self.episodes.healthy(MODEL, snapshot.step)
         return []
+
+
+def _message(low: float, high: float, ratio: float, lower: list[str], upper: list[str], checks: int) -> str:
+    if low == 0:
+        return (f"the lower layers (from `{lower[0]}`) get no gradient at all (norm exactly 0) while the upper "
+                f"layers' norm is {fmt(high)} (up to `{upper[-1]}`), for {checks} checks while the loss stalls")
+    return (f"gradient norm of the lower layers ({fmt(low)}, from `{lower[0]}`) is {fmt(ratio, 2)} times the upper "
+            f"layers' ({fmt(high)}, up to `{upper[-1]}`) for {checks} checks while the loss stalls")
 
 
 def _geomean(values: list[float]) -> float:

@@ -11,10 +11,11 @@ logger = logging.getLogger("torchhealth")
 
 
 class LoggingSink(Sink):
-    """Logs warnings at WARNING and critical alerts at ERROR level."""
+    """Logs critical root causes at ERROR, warnings and consequences at WARNING, advisories at INFO level."""
 
     name = "log"
 
     def write_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:
-            logger.log(logging.ERROR if alert.severity == "critical" else logging.WARNING, "%s", alert)
+            level = {"critical": logging.ERROR, "info": logging.INFO}.get(alert.severity, logging.WARNING)
+            logger.log(logging.WARNING if alert.caused_by and level > logging.WARNING else level, "%s", alert)
