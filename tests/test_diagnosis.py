@@ -240,3 +240,31 @@ def test_sinks_render_a_consequence_under_its_root():
     assert "↳ consequence of nonfinite at step 8" in consequence.to_markdown()
     assert json.loads(json.dumps(consequence.to_dict()))["caused_by"] == {"kind": "nonfinite", "layer": None, "step": 8}
     assert "consequence" not in str(root) and root.caused_by is None
+
+
+def test_detectors_of_the_users_own_join_the_diagnosis_with_their_own_fixes():
+    """A rule that keeps no episodes (no ``super().__init__()``) and a kind advice.py does not know."""
+    import torch
+    from torch import nn
+
+    import torchhealth
+
+    class EveryLayer(torchhealth.Detector):
+        kind = "my_rule"
+
+        def __init__(self):  # no super().__init__(): no episodes, no series
+            pass
+
+        def check(self, snapshot, facts):
+            return [torchhealth.Alert(self.kind, layer, snapshot.step, "warning", 1.0, "mine", ["my fix"])
+                    for layer in ("0", "2")]
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    monitor = torchhealth.Monitor(model, check_every=1, log_every=1, on_alert=lambda a: None,
+                                  detectors=[*torchhealth.default_detectors(), EveryLayer()])
+    model(torch.randn(2, 3)).sum().backward()
+    alerts = monitor.step()
+    monitor.close()
+    assert "diagnosis" not in monitor.guard.disabled
+    mine = [a for a in alerts if a.kind == "my_rule"]
+    assert len(mine) == 1 and mine[0].evidence["layers"] == ["0", "2"] and mine[0].suggestions == ["my fix"]
