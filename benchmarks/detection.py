@@ -29,7 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark the tree this file is in
 
-from torchhealth.detectors.alert import describe
+from torchhealth.records import describe
 from torchhealth.detectors.dead_units import DEAD_SHARE
 from torchhealth.detectors.diagnosis import render, summarize
 from torchhealth.scenarios import SCENARIOS, Scenario, ScenarioResult, run_scenario

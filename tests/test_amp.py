@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchhealth
-from torchhealth.snapshot import TOTAL
+from torchhealth.records import TOTAL
 
 from tests.helpers import SnapshotRecorder
 

@@ -12,7 +12,7 @@ from torch import nn
 from torchhealth.detectors import (DeadUnits, ExplodingGradient, LossDivergence, LossPlateau, NonFinite, Overfitting,
                                    SaturatedActivation, StaticChecks, VanishingGradient, default_detectors)
 from torchhealth.facts import ModelFacts
-from torchhealth.snapshot import TOTAL, Snapshot
+from torchhealth.records import TOTAL, Snapshot
 
 from tests.helpers import mlp_facts
 

@@ -14,7 +14,7 @@ from torchhealth.detectors import Alert
 from torchhealth.detectors.diagnosis import Diagnosis, render, summarize
 from torchhealth.facts import ModelFacts
 from torchhealth.scenarios import SCENARIOS, run_scenario
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 from tests.helpers import mlp_facts
 
 

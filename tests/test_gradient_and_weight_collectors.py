@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchhealth.snapshot import TOTAL
+from torchhealth.records import TOTAL
 
 
 def naive_layer_norms(model, attr):

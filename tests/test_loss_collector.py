@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import torchhealth
 from torchhealth.collectors.loss import LossCollector, host_number
 from torchhealth.collectors.tripwire import FLOAT32_MAX
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 
 class OpCounter(TorchDispatchMode):

@@ -207,7 +207,7 @@ def test_python_checksums_stay_when_no_native_crc32c_is_there(monkeypatch):
 def test_a_removed_run_directory_gets_a_new_event_file_and_the_dashboard_goes_on(tmp_path, caplog):
     import shutil
 
-    from torchhealth.snapshot import TOTAL
+    from torchhealth.records import TOTAL
 
     model = small_net()
     log_dir = tmp_path / "run"

@@ -10,7 +10,7 @@ from torch import nn
 
 import torchhealth
 from torchhealth.amp import unscale_and_check
-from torchhealth.snapshot import TOTAL
+from torchhealth.records import TOTAL
 
 from tests.helpers import SnapshotRecorder, batches, make_model
 

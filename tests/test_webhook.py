@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import torchhealth
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.sinks.webhook import WebhookSink
 
 

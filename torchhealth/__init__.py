@@ -9,13 +9,13 @@ Two lines in an existing loop::
 
 from torchhealth.collectors import AttachContext, Collector, default_collectors
 from torchhealth.detectors import Detector, default_detectors
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.errors import TrainingHealthError, TrainingHealthWarning
 from torchhealth.facts import ModelFacts
 from torchhealth.monitor import Monitor
 from torchhealth.options import MonitorOptions
 from torchhealth.sinks import Sink, SinkContext, default_sinks
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 from torchhealth.watch import watch
 
 __version__ = "0.1.0"

@@ -118,7 +118,7 @@ def _print_alert(console: Any, alert: dict[str, Any]) -> None:
     from rich.padding import Padding
     from rich.text import Text
 
-    from torchhealth.detectors.alert import describe
+    from torchhealth.records import describe
 
     where = f" in [bold]{escape(str(alert['layer']))}[/]" if alert.get("layer") else ""
     style = SEVERITY_STYLE.get(alert.get("severity"), "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from torchhealth.detectors.alert import Alert
+    from torchhealth.records import Alert
 
 
 class TrainingHealthWarning(UserWarning):

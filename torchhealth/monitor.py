@@ -15,17 +15,17 @@ from torchhealth import distributed
 from torchhealth.amp import check_scaler
 from torchhealth.collectors import Collector, default_collectors
 from torchhealth.collectors.base import AttachContext
-from torchhealth.detectors import Alert, Detector, default_detectors
+from torchhealth.detectors import Detector, default_detectors
 from torchhealth.detectors.diagnosis import Diagnosis, root_of
 from torchhealth.errors import TrainingHealthError
 from torchhealth.facts import ModelFacts
 from torchhealth.layers import parameter_layers, unwrap
 from torchhealth.options import MonitorOptions, alert_handlers
+from torchhealth.records import Alert, Snapshot
 from torchhealth.safety import Guard
 from torchhealth.sinks import CallbackSink, LoggingSink, Sink, WarningSink, default_sinks
 from torchhealth.sinks.base import SinkContext
 from torchhealth.sinks.webhook import WebhookSink
-from torchhealth.snapshot import Snapshot
 from torchhealth.transfer import HostCopy
 
 MAX_ALERT_HISTORY = 1000

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchhealth.detectors.alert import _json_safe
+from torchhealth.records import _json_safe
 from torchhealth.detectors.diagnosis import summarize
 from torchhealth.sinks.jsonl import ALERTS_FILE
 from torchhealth.sinks.tensorboard import TAG_PREFIX

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 
 NONFINITE_PATIENCE = 3
 """A run stops after this many consecutive non-finite losses (nothing more can be learned)."""

@@ -20,7 +20,7 @@ from torchhealth import Alert, Monitor, MonitorOptions, Snapshot
 from torchhealth.detectors import default_detectors
 from torchhealth.facts import ModelFacts
 from torchhealth.sinks import JsonlAlertSink, TensorBoardSink
-from torchhealth.snapshot import TOTAL
+from torchhealth.records import TOTAL
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CHECK_EVERY = MonitorOptions().check_every

@@ -20,7 +20,7 @@ from torchhealth.collectors.base import Arrays, AttachContext, Collector, State,
 from torchhealth.facts import ModelFacts
 from torchhealth.layers import unit_axis, unwrap
 from torchhealth.safety import Guard
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 from torchhealth.transfer import to_device
 
 MAX_SITES_PER_MODULE = 16

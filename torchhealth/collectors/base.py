@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 State = Dict[str, Tuple[Union[torch.Tensor, np.ndarray], str]]
 Arrays = Dict[str, np.ndarray]

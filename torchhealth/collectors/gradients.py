@@ -11,7 +11,7 @@ import torch
 
 from torchhealth.amp import gradient_scale
 from torchhealth.collectors.base import Arrays, AttachContext, Collector, State, file_values, host_values
-from torchhealth.snapshot import TOTAL, Snapshot
+from torchhealth.records import TOTAL, Snapshot
 
 ParamEntry = tuple[str, str, torch.nn.Parameter]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
 import torch
 
 from torchhealth.collectors.base import IDLE, Arrays, AttachContext, Collector, State, StepFlags, host_values
 from torchhealth.collectors.tripwire import FLOAT32_MAX, LossTripwire
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 
 class LossCollector(Collector):

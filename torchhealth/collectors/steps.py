@@ -11,7 +11,7 @@ from typing import Any
 
 from torchhealth.amp import ScalerStepWatch, overflow_hint
 from torchhealth.collectors.base import Arrays, AttachContext, Collector, State, host_values
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 logger = logging.getLogger("torchhealth")
 

@@ -8,7 +8,7 @@ import torch
 from torchhealth.collectors.base import Arrays, AttachContext, Collector, State, file_values, host_values
 from torchhealth.collectors.gradients import (LayerIndex, ParamEntry, current_device, local_tensor, sharded,
                                               squared_norms)
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 
 class WeightCollector(Collector):

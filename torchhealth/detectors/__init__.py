@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.dead_units import DeadUnits
 from torchhealth.detectors.exploding_gradient import ExplodingGradient

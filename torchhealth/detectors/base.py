@@ -8,10 +8,10 @@ from typing import Any
 from torch import nn
 
 from torchhealth.advice import suggest
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.episodes import Episodes
 from torchhealth.facts import ModelFacts
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 SERIES_LIMIT = 200
 """Checks of history a detector keeps per series (older values are dropped)."""

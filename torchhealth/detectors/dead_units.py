@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.trends import consecutive, median
 from torchhealth.facts import ModelFacts
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 DEAD_SHARE = 0.5
 """Share of a site's units dead over a window that raises a warning."""

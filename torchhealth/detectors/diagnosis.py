@@ -15,9 +15,9 @@ import copy
 from typing import Any, Iterable, Sequence
 
 from torchhealth.advice import Fix, suggest
-from torchhealth.detectors.alert import Alert, describe
+from torchhealth.records import Alert, describe
 from torchhealth.facts import ModelFacts
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 EXPLAINS: dict[str, tuple[str, ...]] = {
     # non-finite weights and activations read as zeros, no gradient, saturation and a stuck loss

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from torchhealth.detectors.alert import SEVERITIES, Alert
+from torchhealth.records import SEVERITIES, Alert
 
 MODEL = "<model>"
 """Episode key for model-wide problems (alerts carry ``layer=None`` or a culprit layer)."""

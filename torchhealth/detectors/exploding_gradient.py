@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 from torchhealth.advice import suggest
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import median
 from torchhealth.facts import ModelFacts
 from torchhealth.formatting import fmt
-from torchhealth.snapshot import TOTAL, Snapshot
+from torchhealth.records import TOTAL, Snapshot
 
 GROWTH = 10.0
 """Norm / reference scale that counts as growth out of control (with the loss not improving)."""

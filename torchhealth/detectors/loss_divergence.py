@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from torchhealth.advice import suggest
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import START_STEPS, Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.exploding_gradient import RECENT, SPIKE_CHECKS
 from torchhealth.detectors.trends import median
 from torchhealth.facts import ModelFacts
 from torchhealth.formatting import fmt
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 RISE = 2.0
 """Loss above this multiple of its starting level (and still rising) is divergence."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import median, progress
 from torchhealth.facts import ModelFacts
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 WINDOW = 10
 """Checks over which recent progress is measured (100 steps with the default check_every)."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.facts import ModelFacts
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 SOURCE_RANK = {"activation": 0, "loss": 1, "grad": 2}
 """At the same step the forward pass (activations) comes before the loss, and the loss before backward."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import consecutive
 from torchhealth.facts import ModelFacts
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 RISE = 0.1
 """Validation loss this far (relative) above its best counts as rising."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.trends import consecutive
 from torchhealth.facts import ModelFacts
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 SATURATED_SHARE = 1 / 3
 """Share of a hidden site's outputs at the extremes (|tanh| > 0.97, sigmoid within 0.03 of 0 or 1) that is saturated.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.facts import ModelFacts
 from torchhealth.layers import clean_name, unwrap

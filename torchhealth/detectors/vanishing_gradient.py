@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.detectors.base import Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import consecutive, stalled
 from torchhealth.facts import ModelFacts
 from torchhealth.formatting import fmt
-from torchhealth.snapshot import TOTAL, Snapshot
+from torchhealth.records import TOTAL, Snapshot
 
 RATIO = 1e-3
 """Lower-layer / upper-layer gradient norm below this counts as vanished."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from torchhealth.detectors.alert import Alert
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Alert
+from torchhealth.records import Snapshot
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.errors import TrainingHealthWarning
 from torchhealth.sinks.base import Sink
 

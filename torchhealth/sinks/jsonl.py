@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.sinks.base import FileSink
 
 ALERTS_FILE = "alerts.jsonl"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.sinks.base import Sink
 
 logger = logging.getLogger("torchhealth")

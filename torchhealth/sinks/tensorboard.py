@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.sinks.base import FileSink
-from torchhealth.snapshot import Snapshot
+from torchhealth.records import Snapshot
 
 try:  # a C implementation of CRC32C for TensorBoard's record checksums (``use_native_checksums``)
     from google_crc32c import implementation as _crc32c_implementation, value as _crc32c

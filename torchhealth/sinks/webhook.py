@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from torchhealth.detectors.alert import Alert
+from torchhealth.records import Alert
 from torchhealth.sinks.base import Sink
 
 logger = logging.getLogger("torchhealth")
