@@ -1,4 +1,4 @@
-"""Detection benchmark: every scenario in torchhealth.scenarios under a Monitor with default settings.
+"""Detection benchmark: every scenario in torchhealth_scenarios under a Monitor with default settings.
 
 Prints a markdown table (scenario, expected, detected kinds, first-detection step, first non-finite
 step, top suggestion) and a summary per group (development, held-out, second held-out, issue 23; see
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark the tr
 from torchhealth.records import describe
 from torchhealth.detectors.dead_units import DEAD_SHARE
 from torchhealth.detectors.diagnosis import render, summarize
-from torchhealth.scenarios import SCENARIOS, Scenario, ScenarioResult, run_scenario
+from torchhealth_scenarios import SCENARIOS, Scenario, ScenarioResult, run_scenario
 
 EXPLOSIVE = ("exploding_gradient", "loss_divergence")
 GROUPS = {"development": "Development set", "heldout": "Held-out set (first review)",
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {rows[-1]['kinds']} ({rows[-1]['seconds']:.1f}s)", file=sys.stderr)
     total = time.perf_counter() - start
     parts = ["# Detection benchmark", "",
-             f"All scenarios from `torchhealth.scenarios`, default Monitor settings, seed {args.seed}, "
+             f"All scenarios from `torchhealth_scenarios`, default Monitor settings, seed {args.seed}, "
              f"1 CPU thread, {total:.0f} s in total. Regenerate with `python benchmarks/detection.py --out docs/detection.md`.",
              ""]
     for key, title in GROUPS.items():

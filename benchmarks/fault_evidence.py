@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tree this file is in
 
-from torchhealth import scenarios as sc
+import torchhealth_scenarios as sc
 
 EXTREME = 0.97
 

@@ -12,6 +12,7 @@ from io import StringIO
 import pytest
 
 import torchhealth
+import torchhealth_scenarios
 from torchhealth import cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchhealth.__file__)))
@@ -50,7 +51,7 @@ def test_demo_rejects_unknown_scenarios_and_lists_them(tmp_path, capsys):
     assert code == 2 and "unknown scenario 'nope'" in out and "healthy" in out
     assert os.listdir(tmp_path) == []
     code, out, _ = run_cli(capsys, "demo", "--scenario", "list")
-    assert code == 0 and all(name in out for name in torchhealth.scenarios.DEMO_SCENARIOS)
+    assert code == 0 and all(name in out for name in torchhealth_scenarios.DEMO_SCENARIOS)
 
 
 def test_demo_names_a_missing_optional_package(tmp_path, capsys, monkeypatch):

@@ -13,7 +13,7 @@ from torchhealth.advice import suggest
 from torchhealth.detectors import Alert
 from torchhealth.detectors.diagnosis import Diagnosis, render, summarize
 from torchhealth.facts import ModelFacts
-from torchhealth.scenarios import SCENARIOS, run_scenario
+from torchhealth_scenarios import SCENARIOS, run_scenario
 from torchhealth.records import Snapshot
 from tests.helpers import mlp_facts
 

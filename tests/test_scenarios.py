@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from torchhealth.scenarios import DEMO_SCENARIOS, SCENARIOS, run_scenario
+from torchhealth_scenarios import DEMO_SCENARIOS, SCENARIOS, run_scenario
 
 FAST = ("exploding", "nonfinite", "lr_above_stability", "huge_init", "regression_big_targets_dead_half",
         "healthy_late_bounce", "saturated_tanh", "dead_units", "softmax_before_ce")

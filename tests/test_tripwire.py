@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from torchhealth.collectors.tripwire import LossTripwire
-from torchhealth.scenarios import SCENARIOS, run_scenario
+from torchhealth_scenarios import SCENARIOS, run_scenario
 
 
 def trips(losses, check_every=10, on_host=False):

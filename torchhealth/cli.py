@@ -59,7 +59,7 @@ def _demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from torchhealth import scenarios
+    import torchhealth_scenarios as scenarios
 
     console = Console(highlight=False)
     names = args.scenario or list(scenarios.DEMO_SCENARIOS)
@@ -95,7 +95,8 @@ def _demo(args: argparse.Namespace) -> int:
                     on_alert=[lambda alert: _print_alert(console, alert.to_dict())])
             except ModuleNotFoundError as exc:  # the scenarios' data sets come from optional packages
                 package = PIP_NAMES.get((exc.name or "").split(".")[0], exc.name)
-                console.print(f"[red]the {name!r} scenario needs the package {package!r}[/]: pip install {package}",
+                console.print(f"[red]the {name!r} scenario needs the package {package!r}[/]: pip install {package}"
+                              + (' (or pip install "torchhealth[demo]")' if package == "scikit-learn" else ""),
                               soft_wrap=True)
                 return 1
         results.append(result)

@@ -1,4 +1,8 @@
-"""Reproducible small training runs, healthy and faulty, for demos, tests and the detection benchmark.
+"""Reproducible small training runs, healthy and faulty, for ``torchhealth demo``, tests and the detection benchmark.
+
+A package of its own beside the ``torchhealth`` library (which never imports it but for the demo
+command): the runs' data come from scikit-learn, an extra (``pip install "torchhealth[demo]"``; the
+test extra has it too), and a monitoring library must not depend on it.
 
 Every scenario trains a randomly initialised model on data that ships with scikit-learn (digits,
 diabetes, ``make_*``) or on a synthetic sequence task, so nothing is downloaded. ``build(seed)``
