@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 from typing import Any
 
 from torch import nn
@@ -22,6 +24,40 @@ START_STEPS = 10
 its end included: the check there averages the steps since the first one, so the start is never one
 step): the level training started from, however many checks the loss trip-wire added in them, never a
 level reached by learning at later checks (a loss or norm that fell 50x by the third scheduled check)."""
+THRESHOLD_KINDS = {
+    "count": ("a whole number of checks, 1 or more", lambda v: isinstance(v, int) and v >= 1),
+    "share": ("a share above 0 and at most 1", lambda v: 0 < v <= 1),
+    "ratio": ("a ratio above 0 and below 1", lambda v: 0 < v < 1),
+    "positive": ("a finite number above 0", lambda v: 0 < v < math.inf),
+}
+"""What each kind of threshold argument accepts (a description for the error, and the test)."""
+
+
+def threshold(owner: str, name: str, value: Any, kind: str, default: Any) -> Any:
+    """Returns ``value`` when it is a valid ``kind`` of threshold; raises ValueError naming it otherwise.
+
+    Args:
+        owner: The detector class's name, for the message.
+        name: The constructor argument.
+        value: What was passed.
+        kind: A key of ``THRESHOLD_KINDS``.
+        default: The argument's default, suggested as the fix.
+    """
+    what, valid = THRESHOLD_KINDS[kind]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (kind == "count" and not isinstance(value, int)) or not valid(value):
+        raise ValueError(f"{owner}: argument {name!r} must be {what}, got {value!r}; "
+                         f"pass e.g. {name}={default!r} (the default)")
+    return value
+
+
+def ordered(owner: str, *pairs: tuple[str, float]) -> None:
+    """Raises ValueError unless the named thresholds do not decrease in the order given
+    (a recovery level at most the warning level, the warning level at most the critical one)."""
+    for (low_name, low), (high_name, high) in zip(pairs, pairs[1:]):
+        if low > high:
+            raise ValueError(f"{owner}: argument {low_name!r} ({low!r}) must not exceed {high_name!r} ({high!r}); "
+                             f"lower {low_name} or raise {high_name}")
 
 
 class Detector:
@@ -34,11 +70,28 @@ class Detector:
 
     kind = "detector"
     recover_after = 3
+    """Consecutive healthy checks that close an open episode (a constructor argument of every shipped detector)."""
 
-    def __init__(self) -> None:
+    thresholds: dict[str, str] = {}
+    """The threshold arguments of the constructor, each with its kind (a key of ``THRESHOLD_KINDS``)."""
+
+    def __init__(self, *, recover_after: int | None = None) -> None:
+        """``recover_after`` (None: the class's) is validated like every threshold (see ``configure``)."""
         self.episodes = Episodes(self.recover_after)
         self.series: dict[str, list[float]] = {}
         self.memory: dict[str, Any] = {}
+        if recover_after is not None:
+            self.configure(recover_after=recover_after)
+
+    def configure(self, **values: Any) -> None:
+        """Validates threshold arguments (named in ``thresholds``) and keeps them on the instance; a bad value
+        raises ValueError naming the argument, the value and the default."""
+        parameters = inspect.signature(type(self)).parameters
+        for name, value in values.items():
+            kind = "count" if name == "recover_after" else self.thresholds[name]
+            default = parameters[name].default if name in parameters else getattr(type(self), name)
+            setattr(self, name, threshold(type(self).__name__, name, value, kind, default))
+        self.episodes.recover_after = self.recover_after
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         """Returns the alerts this snapshot raises, given the history seen so far."""

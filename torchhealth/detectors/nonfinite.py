@@ -18,10 +18,17 @@ class NonFinite(Detector):
     A NaN cascade (every later layer, the loss and every gradient) is one episode whose alert names
     the first activation that went non-finite. Non-finite gradients on checks where AMP's GradScaler
     skipped steps (and the forward pass and loss were finite) are normal loss-scaling, not a problem.
+
+    Args:
+        recover_after: Finite checks that close an episode (2).
     """
 
     kind = "nonfinite"
     recover_after = 2
+
+    def __init__(self, *, recover_after: int = recover_after) -> None:
+        super().__init__()
+        self.configure(recover_after=recover_after)
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         sources = dict(snapshot.nonfinite)

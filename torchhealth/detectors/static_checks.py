@@ -20,15 +20,24 @@ FINAL_ACTIVATIONS = {
 
 
 class StaticChecks(Detector):
-    """Dropout with p >= 1 or a suspicious p; an activation on the final layer (before the loss)."""
+    """Dropout with p >= 1 or a suspicious p; an activation on the final layer (before the loss).
+
+    Args:
+        suspicious_dropout: Dropout rate from which a dropout layer is flagged (``SUSPICIOUS_DROPOUT``, 0.8).
+    """
 
     kind = "static"
+    thresholds = {"suspicious_dropout": "share"}
+
+    def __init__(self, *, suspicious_dropout: float = SUSPICIOUS_DROPOUT) -> None:
+        super().__init__()  # static findings have no episodes: no recover_after
+        self.configure(suspicious_dropout=suspicious_dropout)
 
     def static_check(self, model: nn.Module, facts: ModelFacts) -> list[Alert]:
         model = unwrap(model)
         alerts = []
         for name, module in model.named_modules():
-            if isinstance(module, DROPOUT_KINDS) and module.p >= SUSPICIOUS_DROPOUT:
+            if isinstance(module, DROPOUT_KINDS) and module.p >= self.suspicious_dropout:
                 learns_nothing = module.p >= 1.0
                 alerts.append(Alert(
                     kind="suspicious_dropout", layer=clean_name(name), step=0, severity="warning", value=module.p,
