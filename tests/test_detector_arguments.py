@@ -17,6 +17,7 @@ from torchhealth.detectors import (DETECTORS, DeadUnits, ExplodingGradient, Loss
                                    Overfitting, SaturatedActivation, StaticChecks, VanishingGradient)
 from torchhealth.detectors import (dead_units, exploding_gradient, loss_divergence, loss_plateau, overfitting,
                                    saturated_activation, static_checks, vanishing_gradient)
+from torchhealth.detectors.base import LOSS
 from torchhealth.facts import ModelFacts
 from torchhealth.snapshot import TOTAL, Snapshot
 
@@ -179,3 +180,29 @@ def test_every_detector_argument_is_in_the_docs_table_with_its_default():
     rows = set(re.findall(r"^\| `(\w+)` \| `(\w+)` \| `([^`]+)` \|", text, re.M))
     expected = {(cls.__name__, name, repr(default)) for cls in DETECTORS for name, default in arguments(cls).items()}
     assert expected <= rows, sorted(expected - rows)
+
+
+# -- 2. one loss history --------------------------------------------------------------------------------
+LOSS_READERS = (ExplodingGradient, VanishingGradient, LossDivergence, LossPlateau)
+
+
+def test_every_detector_that_reads_the_loss_remembers_it_the_same_way():
+    # the same series and start values in each (the exploding detector's only on checks with a finite norm)
+    seq = [snap(5 + 10 * i, 2.0 / (1 + i), grad_norm={TOTAL: 1.0, "0": 0.5, "2": 0.5, "4": 0.5, "6": 0.5})
+           for i in range(30)]
+    detectors = [cls() for cls in LOSS_READERS]
+    for detector in detectors:
+        run(detector, seq, mlp_facts())
+    states = [(d.series[LOSS], d.first(LOSS), d.first_checks(LOSS)) for d in detectors]
+    assert all(state == states[0] for state in states)
+    assert states[0][1] == [2.0, 1.0] and states[0][2] == [2.0, 1.0, 2 / 3]  # steps 5, 15 / the first 3 checks
+
+
+def test_a_loss_reader_resumes_from_its_own_state_dict():
+    seq = [snap(10 * i, 2.3 * 1.5 ** i) for i in range(8)]
+    whole = run(LossDivergence(), seq, mlp_facts())
+    first = LossDivergence()
+    run(first, seq[:3], mlp_facts())
+    resumed = LossDivergence()
+    resumed.load_state_dict(first.state_dict())
+    assert [(a.step, a.severity) for a in run(resumed, seq[3:], mlp_facts())] == [(a.step, a.severity) for a in whole]

@@ -24,6 +24,8 @@ START_STEPS = 10
 its end included: the check there averages the steps since the first one, so the start is never one
 step): the level training started from, however many checks the loss trip-wire added in them, never a
 level reached by learning at later checks (a loss or norm that fell 50x by the third scheduled check)."""
+LOSS = "loss"
+"""The series every detector that reads the training loss keeps it in (``Detector.remember_loss``)."""
 THRESHOLD_KINDS = {
     "count": ("a whole number of checks, 1 or more", lambda v: isinstance(v, int) and v >= 1),
     "share": ("a share above 0 and at most 1", lambda v: 0 < v <= 1),
@@ -119,6 +121,25 @@ class Detector:
         if early and len(start) < START_VALUES:
             start.append(float(value))  # the series' first values, kept for good
         return series
+
+    def remember_loss(self, snapshot: Snapshot) -> list[float]:
+        """Remembers the snapshot's training loss in series ``LOSS`` and returns that series.
+
+        The one loss history of every detector that reads the loss (each keeps its own copy in its
+        ``series``, so that a detector's ``state_dict`` alone resumes it and no detector depends on
+        another's instance). Two kinds of start values are kept: ``first(LOSS)``, the values of the
+        first ``START_STEPS`` steps (the level training started from), and ``first_checks(LOSS)``, the
+        first ``START_VALUES`` values whatever their steps.
+        """
+        series = self.remember(LOSS, snapshot.loss, snapshot.step)
+        first = self.memory.setdefault(f"first:{LOSS}", [])
+        if len(series) <= START_VALUES and len(first) < START_VALUES:
+            first.append(float(snapshot.loss))
+        return series
+
+    def first_checks(self, name: str) -> list[float]:
+        """The first ``START_VALUES`` values of series ``name`` whatever their steps (see ``remember_loss``)."""
+        return self.memory.get(f"first:{name}") or self.series.get(name, [])[:START_VALUES]
 
     def first(self, name: str, n: int = START_VALUES) -> list[float]:
         """The first ``n`` (at most ``START_VALUES``) start values of series ``name`` (see ``remember``)."""

@@ -6,7 +6,7 @@ import math
 
 from torchhealth.advice import suggest
 from torchhealth.detectors.alert import Alert
-from torchhealth.detectors.base import Detector, ordered
+from torchhealth.detectors.base import LOSS, Detector, ordered
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import median
 from torchhealth.facts import ModelFacts
@@ -77,12 +77,12 @@ class ExplodingGradient(Detector):
         if norm is None or (snapshot.skipped_steps and not math.isfinite(norm)):
             return []
         history = self.series.get("norm", [])
-        losses = self.series.get("loss", [])
+        losses = self.series.get(LOSS, [])
         best_loss = min(losses) if losses else None
         if not math.isfinite(norm):
             return self._overflow(snapshot, facts, norm, history, best_loss)
         if snapshot.loss is not None:
-            self.remember("loss", snapshot.loss)
+            self.remember_loss(snapshot)
         layer_refs = self.memory.setdefault("layer_first", {})
         signed = self._signed(snapshot.loss)
         if not history:

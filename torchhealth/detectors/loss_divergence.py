@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torchhealth.advice import suggest
 from torchhealth.detectors.alert import Alert
-from torchhealth.detectors.base import START_STEPS, Detector, ordered
+from torchhealth.detectors.base import LOSS, START_STEPS, Detector, ordered
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.exploding_gradient import RECENT, SPIKE_CHECKS
 from torchhealth.detectors.trends import median
@@ -67,9 +67,9 @@ class LossDivergence(Detector):
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         if snapshot.loss is None:
             return []
-        losses = self.remember("loss", snapshot.loss, snapshot.step)
-        first_step = self.memory["first_step:loss"]
-        start = min(self.first("loss"))
+        losses = self.remember_loss(snapshot)
+        first_step = self.memory[f"first_step:{LOSS}"]
+        start = min(self.first(LOSS))
         self.memory["signed"] = self.memory.get("signed", False) or snapshot.loss < 0
         if len(losses) < 2 or start <= 0 or self.memory["signed"]:
             return []  # a loss that went below zero is a surrogate (policy gradient...): no "above the start"
@@ -112,7 +112,7 @@ class LossDivergence(Detector):
         if self.memory.get("spike") is not None:
             return []
         self.memory["spike"] = {"step": snapshot.step, "checks": 1}
-        recent = median(self.series["loss"][-RECENT - 1:-1] or self.series["loss"])
+        recent = median(self.series[LOSS][-RECENT - 1:-1] or self.series[LOSS])
         evidence = {"loss": snapshot.loss, "start_loss": start, "recent_median": recent, "rise": rise,
                     "spike_step": snapshot.step}
         return [Alert(kind="loss_spike", layer=None, step=snapshot.step, severity="info", value=snapshot.loss,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from torchhealth.detectors.alert import Alert
-from torchhealth.detectors.base import Detector
+from torchhealth.detectors.base import LOSS, Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import median, progress
 from torchhealth.facts import ModelFacts
@@ -45,13 +45,13 @@ class LossPlateau(Detector):
         warming = self._warming_up(facts)
         if snapshot.loss is None:
             return []
-        losses = self.remember("loss", snapshot.loss)
+        losses = self.remember_loss(snapshot)
         if warming:  # a learning rate still on its way up to the schedule's base moves little: no verdict yet
             return []
         recent = progress(losses, self.window)
         if recent is None:
             return []
-        start = median(self.first("loss"))
+        start = median(self.first_checks(LOSS))
         total = (start - median(losses[-3:])) / max(abs(start), 1e-12)
         if abs(recent) < self.min_recent and total < self.min_total:
             evidence = {"recent_progress": recent, "total_progress": total, "start_loss": start,

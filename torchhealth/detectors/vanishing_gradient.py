@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from torchhealth.detectors.alert import Alert
-from torchhealth.detectors.base import Detector, ordered
+from torchhealth.detectors.base import LOSS, Detector, ordered
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import consecutive, stalled
 from torchhealth.facts import ModelFacts
@@ -51,7 +51,7 @@ class VanishingGradient(Detector):
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         norms = {k: v for k, v in snapshot.family("grad_norm").items() if k != TOTAL}
         if snapshot.loss is not None:
-            self.remember("loss", snapshot.loss)
+            self.remember_loss(snapshot)
         layers = [layer for layer in facts.weight_layers if layer in norms]
         if len(layers) < self.min_layers:
             layers = list(norms)
@@ -64,7 +64,7 @@ class VanishingGradient(Detector):
         high = _geomean([norms[layer] for layer in upper])
         ratio = low / high if high > 0 else 1.0
         low_flags = self.remember("low", float(ratio < self.ratio))
-        if consecutive(low_flags) >= self.persist and stalled(self.series.get("loss", []), self.stall_window):
+        if consecutive(low_flags) >= self.persist and stalled(self.series.get(LOSS, []), self.stall_window):
             severity = "critical" if ratio < self.critical_ratio else "warning"
             evidence = {"ratio": ratio, "lower_norm": low, "upper_norm": high, "lower_layers": lower,
                         "upper_layers": upper, "layers": lower, "checks_low": consecutive(low_flags)}
