@@ -13,6 +13,7 @@ import pytest
 from torch import nn
 
 import torchhealth
+from torchhealth import advice
 from torchhealth.detectors import (DETECTORS, DeadUnits, ExplodingGradient, LossDivergence, LossPlateau, NonFinite,
                                    Overfitting, SaturatedActivation, StaticChecks, VanishingGradient)
 from torchhealth.detectors import (dead_units, exploding_gradient, loss_divergence, loss_plateau, overfitting,
@@ -206,3 +207,32 @@ def test_a_loss_reader_resumes_from_its_own_state_dict():
     resumed = LossDivergence()
     resumed.load_state_dict(first.state_dict())
     assert [(a.step, a.severity) for a in run(resumed, seq[3:], mlp_facts())] == [(a.step, a.severity) for a in whole]
+
+
+# -- 3. alerts built by one path, and the evidence contract -----------------------------------------------
+def test_static_findings_get_their_fixes_from_the_advice_catalogue():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(1.0), nn.Linear(8, 3), nn.Softmax(dim=1))
+    alerts = {a.kind: a for a in StaticChecks().static_check(model, ModelFacts.from_model(model))}
+    assert alerts["suspicious_dropout"].suggestions == ["Set p to 0.1-0.5 in `2` (p is the share DROPPED, not kept)."]
+    assert alerts["final_activation"].suggestions == ["Remove `4` from the model and apply it only at inference."]
+    assert {"suspicious_dropout", "final_activation"} <= set(advice.CATALOGUE)
+
+
+def test_nonfinite_alerts_through_make_alert_at_the_root_step():
+    made = []
+
+    class Recording(NonFinite):
+        def make_alert(self, facts, **alert):
+            made.append(alert["step"])
+            return super().make_alert(facts, **alert)
+
+    alerts = run(Recording(), [Snapshot(20, nonfinite={"activation:1": 13, "loss": 14})], mlp_facts())
+    assert made == [13] and alerts[0].step == 13 and alerts[0].kind == "nonfinite"
+
+
+def test_every_evidence_key_advice_reads_is_documented():
+    source = inspect.getsource(advice)
+    read = set(re.findall(r"""evidence(?:\.get\(|\[)["'](\w+)["']""", source))
+    assert {"layers", "healthy_norm", "root", "preceding_bias_mean"} <= read
+    documented = set(re.findall(r"^- ``(\w+)``:", advice.__doc__, re.M))
+    assert read <= documented, sorted(read - documented)

@@ -147,21 +147,26 @@ class Detector:
         return start[:n]
 
     def make_alert(self, facts: ModelFacts, *, layer: str | None, step: int, severity: str, value: float,
-                   message: str, evidence: dict[str, Any] | None = None) -> Alert:
-        """An alert of this detector's kind, with ranked suggestions from ``advice``."""
+                   message: str, evidence: dict[str, Any] | None = None, kind: str | None = None) -> Alert:
+        """An alert of this detector's kind (or of ``kind``: an advisory, a static finding), with ranked
+        suggestions from ``advise`` (from ``advice.suggest`` for another kind)."""
         evidence = dict(evidence or {})
-        return Alert(kind=self.kind, layer=layer, step=step, severity=severity, value=float(value), message=message,
-                     suggestions=self.advise(facts, evidence), evidence=evidence)
+        kind = kind or self.kind
+        fixes = self.advise(facts, evidence) if kind == self.kind else suggest(kind, facts, evidence)
+        return Alert(kind=kind, layer=layer, step=step, severity=severity, value=float(value), message=message,
+                     suggestions=fixes, evidence=evidence)
 
     def advise(self, facts: ModelFacts, evidence: dict[str, Any]) -> list[str]:
         """Ranked fixes for this detector's alert (``advice.suggest`` by kind); a detector of your own
         overrides it to give its own."""
         return suggest(self.kind, facts, evidence)
 
-    def episode(self, key: str, facts: ModelFacts, *, step: int, severity: str, **alert: Any) -> list[Alert]:
-        """Reports the problem for episode ``key``; returns ``[alert]`` when one is due, else ``[]``."""
+    def episode(self, key: str, facts: ModelFacts, *, step: int, severity: str, alert_step: int | None = None,
+                **alert: Any) -> list[Alert]:
+        """Reports the problem for episode ``key`` at check ``step``; returns ``[alert]`` when one is due, else
+        ``[]``. The alert carries ``alert_step`` where the problem started before the check (else ``step``)."""
         made = self.episodes.report(key, step, severity, lambda: self.make_alert(
-            facts, step=step, severity=severity, **alert))
+            facts, step=step if alert_step is None else alert_step, severity=severity, **alert))
         return [made] if made else []
 
     # -- checkpointing -----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from torchhealth.advice import suggest
 from torchhealth.detectors.alert import Alert
 from torchhealth.detectors.base import LOSS, Detector, ordered
 from torchhealth.detectors.episodes import MODEL
@@ -147,11 +146,12 @@ class ExplodingGradient(Detector):
         self.memory["spike"] = {"step": snapshot.step, "checks": 1, "norm": norm}
         evidence = {"norm": norm, "reference_norm": reference, "growth": growth, "healthy_norm": reference,
                     "spike_step": snapshot.step, "loss": snapshot.loss}
-        return [Alert(kind="gradient_spike", layer=None, step=snapshot.step, severity="info", value=norm,
-                      evidence=evidence, suggestions=suggest("gradient_spike", facts, evidence),
-                      message=(f"total gradient norm {fmt(norm)} is {fmt(growth)}x the run's recent level "
-                               f"{fmt(reference)} in the steps up to {snapshot.step}; if it falls back within "
-                               f"{self.spike_checks} checks it was a batch, if it stays it is an explosion"))]
+        return [self.make_alert(facts, kind="gradient_spike", layer=None, step=snapshot.step, severity="info",
+                                value=norm, evidence=evidence,
+                                message=(f"total gradient norm {fmt(norm)} is {fmt(growth)}x the run's recent level "
+                                         f"{fmt(reference)} in the steps up to {snapshot.step}; if it falls back "
+                                         f"within {self.spike_checks} checks it was a batch, if it stays it is an "
+                                         f"explosion"))]
 
     def _overflow(self, snapshot: Snapshot, facts: ModelFacts, norm: float, history: list[float],
                   best_loss: float | None) -> list:

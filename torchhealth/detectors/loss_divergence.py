@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from torchhealth.advice import suggest
 from torchhealth.detectors.alert import Alert
 from torchhealth.detectors.base import LOSS, START_STEPS, Detector, ordered
 from torchhealth.detectors.episodes import MODEL
@@ -115,8 +114,9 @@ class LossDivergence(Detector):
         recent = median(self.series[LOSS][-RECENT - 1:-1] or self.series[LOSS])
         evidence = {"loss": snapshot.loss, "start_loss": start, "recent_median": recent, "rise": rise,
                     "spike_step": snapshot.step}
-        return [Alert(kind="loss_spike", layer=None, step=snapshot.step, severity="info", value=snapshot.loss,
-                      evidence=evidence, suggestions=suggest("loss_spike", facts, evidence),
-                      message=(f"training loss {fmt(snapshot.loss, 4)} in the steps up to {snapshot.step} is "
-                               f"{fmt(rise)}x its starting level {fmt(start, 4)} (recent median {fmt(recent, 4)}); "
-                               f"if it falls back within {self.spike_checks} checks it was a batch, if it stays it diverges"))]
+        return [self.make_alert(facts, kind="loss_spike", layer=None, step=snapshot.step, severity="info",
+                                value=snapshot.loss, evidence=evidence,
+                                message=(f"training loss {fmt(snapshot.loss, 4)} in the steps up to {snapshot.step} is "
+                                         f"{fmt(rise)}x its starting level {fmt(start, 4)} (recent median "
+                                         f"{fmt(recent, 4)}); if it falls back within {self.spike_checks} checks it "
+                                         f"was a batch, if it stays it diverges"))]

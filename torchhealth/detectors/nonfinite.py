@@ -43,12 +43,10 @@ class NonFinite(Detector):
                     "cascade": sorted(sources, key=sources.get)[:10]}
         where = {"activation": f"the output of `{layer}`", "grad": f"the gradient of `{layer}`",
                  "loss": "the loss"}[root.split(":")[0]]
-        alert = self.episodes.report(MODEL, snapshot.step, "critical", lambda: self.make_alert(
-            facts, layer=layer, step=sources[root], severity="critical", value=float(sources[root]),
-            evidence=evidence,
-            message=(f"NaN/Inf first appeared in {where} at step {sources[root]}"
-                     + (f" ({len(sources) - 1} other sources followed)" if len(sources) > 1 else ""))))
-        return [alert] if alert else []
+        return self.episode(MODEL, facts, step=snapshot.step, severity="critical", alert_step=sources[root],
+                            layer=layer, value=sources[root], evidence=evidence,
+                            message=(f"NaN/Inf first appeared in {where} at step {sources[root]}"
+                                     + (f" ({len(sources) - 1} other sources followed)" if len(sources) > 1 else "")))
 
     @staticmethod
     def root(sources: dict[str, int], facts: ModelFacts) -> str:
