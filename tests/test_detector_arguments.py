@@ -159,6 +159,12 @@ def test_a_bad_threshold_fails_at_construction_naming_the_argument_the_value_and
                 cls(**{name: 2.5})
 
 
+def test_numpy_scalars_are_valid_thresholds():
+    np = pytest.importorskip("numpy")
+    detector = DeadUnits(silent_checks=np.int64(4), dead_share=np.float64(0.6))
+    assert detector.silent_checks == 4 and detector.dead_share == 0.6
+
+
 @pytest.mark.parametrize("cls, kwargs, low", [
     (ExplodingGradient, {"growth": 2000.0}, "growth"),
     (ExplodingGradient, {"recovered_growth": 20.0}, "recovered_growth"),

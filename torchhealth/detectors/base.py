@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import numbers
 from typing import Any
 
 from torch import nn
@@ -27,7 +28,7 @@ level reached by learning at later checks (a loss or norm that fell 50x by the t
 LOSS = "loss"
 """The series every detector that reads the training loss keeps it in (``Detector.remember_loss``)."""
 THRESHOLD_KINDS = {
-    "count": ("a whole number of checks, 1 or more", lambda v: isinstance(v, int) and v >= 1),
+    "count": ("a whole number of checks, 1 or more", lambda v: isinstance(v, numbers.Integral) and v >= 1),
     "share": ("a share above 0 and at most 1", lambda v: 0 < v <= 1),
     "ratio": ("a ratio above 0 and below 1", lambda v: 0 < v < 1),
     "positive": ("a finite number above 0", lambda v: 0 < v < math.inf),
@@ -46,8 +47,7 @@ def threshold(owner: str, name: str, value: Any, kind: str, default: Any) -> Any
         default: The argument's default, suggested as the fix.
     """
     what, valid = THRESHOLD_KINDS[kind]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or (kind == "count" and not isinstance(value, int)) or not valid(value):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not valid(value):
         raise ValueError(f"{owner}: argument {name!r} must be {what}, got {value!r}; "
                          f"pass e.g. {name}={default!r} (the default)")
     return value
@@ -72,7 +72,8 @@ class Detector:
 
     kind = "detector"
     recover_after = 3
-    """Consecutive healthy checks that close an open episode (a constructor argument of every shipped detector)."""
+    """Consecutive healthy checks that close an open episode (a constructor argument of the shipped detectors
+    that have episodes)."""
 
     thresholds: dict[str, str] = {}
     """The threshold arguments of the constructor, each with its kind (a key of ``THRESHOLD_KINDS``)."""
