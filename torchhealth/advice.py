@@ -4,6 +4,27 @@ Every suggestion states what to change and why, and the catalogue never proposes
 model already has (normalization, dropout, LeakyReLU, weight decay...). Inputs are the alert's kind,
 its evidence (numbers the detector measured) and the model facts; the output is a list of strings,
 most promising first.
+
+Evidence keys read here (the contract between the detectors and this catalogue; a detector of your own
+that fills them gets the same fixes; ``tests/test_detector_arguments.py`` checks that every key read
+below is listed):
+
+- ``layers``: the layers the problem is in, in forward order (``dead_units``, ``saturated_activation``,
+  ``vanishing_gradient`` (its lower third), ``exploding_gradient`` (the fastest-growing layer),
+  ``suspicious_dropout`` and ``final_activation``; the diagnosis widens it to every grouped layer).
+  Picks the parameter group whose learning rate, weight decay, momentum or eps a fix names, the
+  layers to add normalization after, the ReLUs to make leaky, the module to fix.
+- ``healthy_norm``: a total gradient norm seen before the trouble (``exploding_gradient``,
+  ``gradient_spike``: the reference scale); ``clip`` suggests ``max_norm`` at twice it.
+- ``update_ratio``: the median update/weight ratio per step at the latest log step (``dead_units``,
+  ``loss_plateau``); large updates make the learning rate the fix, tiny ones call for a larger rate.
+- ``preceding_bias_mean``: the mean bias of the weight layer feeding a dead ReLU site
+  (``dead_units``, with ``feeding_layer`` naming that layer); a negative mean calls for zero biases.
+- ``root``: where NaN/Inf appeared first, ``"loss"``, ``"activation:<layer>"`` or ``"grad:<layer>"``
+  (``nonfinite``); the fix inspects that place.
+- ``best_val_step``: the step of the lowest validation loss (``overfitting``); early stopping keeps it.
+- ``spike_step``: the last step of the check interval where a spike appeared (``gradient_spike``,
+  ``loss_spike``; also ``exploding_gradient``/``loss_divergence`` grown from a spike); the batches to inspect.
 """
 
 from __future__ import annotations
@@ -61,8 +82,7 @@ def suggest(kind: str, facts: ModelFacts, evidence: dict[str, Any] | None = None
     Args:
         kind: The alert kind (``"exploding_gradient"``...).
         facts: What the monitor knows about the model and optimizer.
-        evidence: The detector's numbers; keys used here: ``layers`` (affected layers),
-            ``healthy_norm`` (a gradient norm seen before trouble), ``root`` (non-finite source).
+        evidence: The detector's numbers; the keys read are listed in this module's docstring.
 
     Returns:
         Suggestions, most promising first; empty for unknown kinds.
@@ -340,6 +360,16 @@ def skip_batch(facts: ModelFacts, evidence: dict) -> str | None:
             f"the batch and go on).")
 
 
+def dropout_rate(facts: ModelFacts, evidence: dict) -> str | None:
+    names = ", ".join(f"`{layer}`" for layer in evidence.get("layers") or [])
+    return f"Set p to 0.1-0.5 in {names} (p is the share DROPPED, not kept)." if names else None
+
+
+def remove_final_activation(facts: ModelFacts, evidence: dict) -> str | None:
+    names = ", ".join(f"`{layer}`" for layer in evidence.get("layers") or [])
+    return f"Remove {names} from the model and apply it only at inference." if names else None
+
+
 def warmup(facts: ModelFacts, evidence: dict) -> str | None:
     return "Add a learning-rate warmup (e.g. linear over the first few hundred steps): early steps are the least stable."
 
@@ -369,6 +399,8 @@ CATALOGUE: dict[str, tuple[Callable[[ModelFacts, dict], str | None], ...]] = {
     "loss_plateau": (
         heavy_decay, plateau_lr, adam_eps, relu_for_saturating, normalization, init_scale, check_data),
     "overfitting": (dropout, weight_decay, early_stopping),
+    "suspicious_dropout": (dropout_rate,),
+    "final_activation": (remove_final_activation,),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from torchhealth.records import Alert
-from torchhealth.detectors.base import Detector
+from torchhealth.detectors.base import Detector, ordered
 from torchhealth.detectors.trends import consecutive, median
 from torchhealth.facts import ModelFacts
 from torchhealth.records import Snapshot
@@ -31,10 +31,29 @@ class DeadUnits(Detector):
     (and element sparsity short of 100% never triggers it). A site where ``DEAD_SHARE`` of the units
     fired for none of the last half window (``silent_units``, counted per unit across windows) gets a
     provisional warning at once; the window that closes confirms it or escalates it to critical.
+
+    Args:
+        dead_share: Share of a site's units dead over a window that warns (``DEAD_SHARE``, 0.5).
+        critical_share: Share that is critical (``CRITICAL_SHARE``, 0.9).
+        recovered_share: Share below which the site is healthy again (``RECOVERED_SHARE``, 0.25).
+        silent_checks: Check intervals of only-zero outputs that are death before a window closes
+            (``SILENT_CHECKS``, 3).
+        recover_after: Healthy checks that close an episode (2).
     """
 
     kind = "dead_units"
     recover_after = 2
+    thresholds = {"dead_share": "share", "critical_share": "share", "recovered_share": "share",
+                  "silent_checks": "count"}
+
+    def __init__(self, *, dead_share: float = DEAD_SHARE, critical_share: float = CRITICAL_SHARE,
+                 recovered_share: float = RECOVERED_SHARE, silent_checks: int = SILENT_CHECKS,
+                 recover_after: int = recover_after) -> None:
+        super().__init__()
+        self.configure(recover_after=recover_after, dead_share=dead_share, critical_share=critical_share,
+                       recovered_share=recovered_share, silent_checks=silent_checks)
+        ordered(type(self).__name__, ("recovered_share", recovered_share), ("dead_share", dead_share),
+                ("critical_share", critical_share))
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         ratios = snapshot.family("update_ratio")
@@ -44,11 +63,11 @@ class DeadUnits(Detector):
         for site, share in snapshot.family("dead_units").items():
             if not math.isfinite(share):
                 continue
-            if share < DEAD_SHARE:
-                if share < RECOVERED_SHARE and snapshot.family("silent_units").get(site, 0.0) < DEAD_SHARE:
+            if share < self.dead_share:
+                if share < self.recovered_share and snapshot.family("silent_units").get(site, 0.0) < self.dead_share:
                     self.episodes.healthy(site, snapshot.step)
                 continue
-            severity = "critical" if share >= CRITICAL_SHARE else "warning"
+            severity = "critical" if share >= self.critical_share else "warning"
             evidence = {"dead_share": share, "window_samples": snapshot.window_samples,
                         "zero_fraction": snapshot.family("zero_fraction").get(site)}
             alerts += self._report(site, snapshot, facts, share, severity, evidence,
@@ -64,7 +83,7 @@ class DeadUnits(Detector):
         """
         alerts = []
         for site, share in snapshot.family("silent_units").items():
-            if not math.isfinite(share) or share < DEAD_SHARE or site in self.episodes.open:
+            if not math.isfinite(share) or share < self.dead_share or site in self.episodes.open:
                 continue
             evidence = {"silent_share": share, "provisional": True, "zero_fraction": snapshot.family("zero_fraction").get(site)}
             alerts += self._report(site, snapshot, facts, share, "warning", evidence,
@@ -78,7 +97,7 @@ class DeadUnits(Detector):
             if facts.activations.get(site, "relu") != "relu" or not math.isfinite(zeros):
                 continue
             silent = consecutive(self.remember(f"silent:{site}", float(zeros >= 1.0)))
-            if silent >= SILENT_CHECKS:
+            if silent >= self.silent_checks:
                 alerts += self._report(site, snapshot, facts, 1.0, "critical", {"silent_checks": silent, "zero_fraction": 1.0},
                                        f"every output of `{site}` was 0 in the last {silent} check intervals: "
                                        "no unit fired for any sampled input")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-from torchhealth.advice import suggest
 from torchhealth.records import Alert
-from torchhealth.detectors.base import Detector
+from torchhealth.detectors.base import LOSS, Detector, ordered
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import median
 from torchhealth.facts import ModelFacts
@@ -46,9 +45,30 @@ class ExplodingGradient(Detector):
     improves: a new level of the norm becomes the reference, and only a norm that grows another
     ``RECOVERED_GROWTH`` times past its spike is an explosion. Steps skipped by AMP's GradScaler are
     ignored.
+
+    Args:
+        growth: Norm / reference scale that counts as growth (``GROWTH``, 10).
+        critical_growth: Growth that is critical, and a sudden jump's size (``CRITICAL_GROWTH``, 1000).
+        recovered_growth: Growth below which the run is healthy again (``RECOVERED_GROWTH``, 3).
+        loss_slack: The loss improves while at most this multiple of its best (``LOSS_SLACK``, 1.05).
+        recent: Healthy norms whose median is the recent level (``RECENT``, 10).
+        spike_checks: Checks a growth must last to be an explosion, not a spike (``SPIKE_CHECKS``, 3).
+        recover_after: Healthy checks that close an episode (3).
     """
 
     kind = "exploding_gradient"
+    thresholds = {"growth": "positive", "critical_growth": "positive", "recovered_growth": "positive",
+                  "loss_slack": "positive", "recent": "count", "spike_checks": "count"}
+
+    def __init__(self, *, growth: float = GROWTH, critical_growth: float = CRITICAL_GROWTH,
+                 recovered_growth: float = RECOVERED_GROWTH, loss_slack: float = LOSS_SLACK, recent: int = RECENT,
+                 spike_checks: int = SPIKE_CHECKS, recover_after: int = Detector.recover_after) -> None:
+        super().__init__()
+        self.configure(recover_after=recover_after, growth=growth, critical_growth=critical_growth,
+                       recovered_growth=recovered_growth, loss_slack=loss_slack, recent=recent,
+                       spike_checks=spike_checks)
+        ordered(type(self).__name__, ("recovered_growth", recovered_growth), ("growth", growth),
+                ("critical_growth", critical_growth))
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         norms = snapshot.family("grad_norm")
@@ -56,12 +76,12 @@ class ExplodingGradient(Detector):
         if norm is None or (snapshot.skipped_steps and not math.isfinite(norm)):
             return []
         history = self.series.get("norm", [])
-        losses = self.series.get("loss", [])
+        losses = self.series.get(LOSS, [])
         best_loss = min(losses) if losses else None
         if not math.isfinite(norm):
             return self._overflow(snapshot, facts, norm, history, best_loss)
         if snapshot.loss is not None:
-            self.remember("loss", snapshot.loss)
+            self.remember_loss(snapshot)
         layer_refs = self.memory.setdefault("layer_first", {})
         signed = self._signed(snapshot.loss)
         if not history:
@@ -71,20 +91,20 @@ class ExplodingGradient(Detector):
             return []
         reference = self.reference(history)
         growth = norm / reference if reference > 0 else (math.inf if norm > 0 else 1.0)
-        improving = snapshot.loss is not None and best_loss is not None and snapshot.loss <= best_loss * LOSS_SLACK
-        sudden = growth >= CRITICAL_GROWTH and norm >= GROWTH * self.memory.get("previous", norm)
+        improving = snapshot.loss is not None and best_loss is not None and snapshot.loss <= best_loss * self.loss_slack
+        sudden = growth >= self.critical_growth and norm >= self.growth * self.memory.get("previous", norm)
         self.memory["previous"] = norm
         spike = self.memory.get("spike")
         # a loss of both signs (a policy-gradient or other surrogate objective, often a sum over a variable
         # number of terms) says nothing about improvement, and its scale follows the data: a new level of the
         # norm is followed, and only a norm that keeps growing past its spike is an explosion
-        still_growing = not signed or (spike is not None and norm >= RECOVERED_GROWTH * spike["norm"])
-        if growth < GROWTH or (improving and not sudden) or (signed and not sudden and not still_growing):
+        still_growing = not signed or (spike is not None and norm >= self.recovered_growth * spike["norm"])
+        if growth < self.growth or (improving and not sudden) or (signed and not sudden and not still_growing):
             self.remember("norm", norm, snapshot.step)  # norms of an explosion never become the reference
-        if sudden or (growth >= GROWTH and not improving):
-            severity = "critical" if growth >= CRITICAL_GROWTH else "warning"
-            established = len(history) >= RECENT or signed
-            if severity == "warning" and established and (spike is None or spike["checks"] < SPIKE_CHECKS
+        if sudden or (growth >= self.growth and not improving):
+            severity = "critical" if growth >= self.critical_growth else "warning"
+            established = len(history) >= self.recent or signed
+            if severity == "warning" and established and (spike is None or spike["checks"] < self.spike_checks
                                                           or not still_growing):
                 return self._spike(snapshot, facts, norm, reference, growth)
             culprit = self._culprit(norms, layer_refs, facts)
@@ -100,14 +120,14 @@ class ExplodingGradient(Detector):
                          + (f"{fmt(growth)}x its reference scale {fmt(reference)}" if reference > 0 else
                             "up from a reference scale of exactly 0")
                          + f"{lasted} while the loss is not improving{where}"))
-        if growth < RECOVERED_GROWTH:
+        if growth < self.recovered_growth:
             self.memory.pop("spike", None)
             self.episodes.healthy(MODEL, snapshot.step)
         return []
 
     def reference(self, history: list[float]) -> float:
         """The scale a norm is compared with: the larger of the starting and the recent level."""
-        return max(median(self.first("norm")), median(history[-RECENT:]))
+        return max(median(self.first("norm")), median(history[-self.recent:]))
 
     def _signed(self, loss: float | None) -> bool:
         """True once the loss has been both negative and positive (kept for good)."""
@@ -126,11 +146,12 @@ class ExplodingGradient(Detector):
         self.memory["spike"] = {"step": snapshot.step, "checks": 1, "norm": norm}
         evidence = {"norm": norm, "reference_norm": reference, "growth": growth, "healthy_norm": reference,
                     "spike_step": snapshot.step, "loss": snapshot.loss}
-        return [Alert(kind="gradient_spike", layer=None, step=snapshot.step, severity="info", value=norm,
-                      evidence=evidence, suggestions=suggest("gradient_spike", facts, evidence),
-                      message=(f"total gradient norm {fmt(norm)} is {fmt(growth)}x the run's recent level "
-                               f"{fmt(reference)} in the steps up to {snapshot.step}; if it falls back within "
-                               f"{SPIKE_CHECKS} checks it was a batch, if it stays it is an explosion"))]
+        return [self.make_alert(facts, kind="gradient_spike", layer=None, step=snapshot.step, severity="info",
+                                value=norm, evidence=evidence,
+                                message=(f"total gradient norm {fmt(norm)} is {fmt(growth)}x the run's recent level "
+                                         f"{fmt(reference)} in the steps up to {snapshot.step}; if it falls back "
+                                         f"within {self.spike_checks} checks it was a batch, if it stays it is an "
+                                         f"explosion"))]
 
     def _overflow(self, snapshot: Snapshot, facts: ModelFacts, norm: float, history: list[float],
                   best_loss: float | None) -> list:
@@ -141,7 +162,7 @@ class ExplodingGradient(Detector):
         # growth is a ratio to the best loss: undefined for a best loss of zero or below (losses such as
         # negative log-likelihoods), where nothing is claimed
         if (not history or best_loss is None or best_loss <= 0 or snapshot.loss is None
-                or snapshot.loss < CRITICAL_GROWTH * best_loss):
+                or snapshot.loss < self.critical_growth * best_loss):
             return []
         growth = snapshot.loss / best_loss
         evidence = {"norm": norm, "reference_norm": self.reference(history), "healthy_norm": self.reference(history),

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from torchhealth.advice import suggest
 from torchhealth.records import Alert
-from torchhealth.detectors.base import START_STEPS, Detector
+from torchhealth.detectors.base import LOSS, START_STEPS, Detector, ordered
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.exploding_gradient import RECENT, SPIKE_CHECKS
 from torchhealth.detectors.trends import median
@@ -44,16 +43,32 @@ class LossDivergence(Detector):
     objective) has no level to diverge from and is not judged; one whose model has layers another
     optimizer trains (a GAN generator's loss rises as its discriminator learns) needs ``CRITICAL_RISE``
     times the start for the trend too.
+
+    Args:
+        rise: Loss / starting level that is divergence while rising (``RISE``, 2).
+        critical_rise: Rise that is critical, and a single check's spike (``CRITICAL_RISE``, 10).
+        sudden_rise: Rise that is divergence at once (``SUDDEN_RISE``, 1000).
+        spike_checks: Checks a spike must stay ``rise`` above the start to be divergence (``SPIKE_CHECKS``, 3).
+        recover_after: Healthy checks that close an episode (3).
     """
 
     kind = "loss_divergence"
+    thresholds = {"rise": "positive", "critical_rise": "positive", "sudden_rise": "positive",
+                  "spike_checks": "count"}
+
+    def __init__(self, *, rise: float = RISE, critical_rise: float = CRITICAL_RISE, sudden_rise: float = SUDDEN_RISE,
+                 spike_checks: int = SPIKE_CHECKS, recover_after: int = Detector.recover_after) -> None:
+        super().__init__()
+        self.configure(recover_after=recover_after, rise=rise, critical_rise=critical_rise, sudden_rise=sudden_rise,
+                       spike_checks=spike_checks)
+        ordered(type(self).__name__, ("rise", rise), ("critical_rise", critical_rise), ("sudden_rise", sudden_rise))
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         if snapshot.loss is None:
             return []
-        losses = self.remember("loss", snapshot.loss, snapshot.step)
-        first_step = self.memory["first_step:loss"]
-        start = min(self.first("loss"))
+        losses = self.remember_loss(snapshot)
+        first_step = self.memory[f"first_step:{LOSS}"]
+        start = min(self.first(LOSS))
         self.memory["signed"] = self.memory.get("signed", False) or snapshot.loss < 0
         if len(losses) < 2 or start <= 0 or self.memory["signed"]:
             return []  # a loss that went below zero is a surrogate (policy gradient...): no "above the start"
@@ -67,17 +82,17 @@ class LossDivergence(Detector):
         spike = self.memory.get("spike")
         if spike is not None:
             spike["checks"] += 1
-        lasting = spike is not None and spike["checks"] >= SPIKE_CHECKS and rise >= RISE
+        lasting = spike is not None and spike["checks"] >= self.spike_checks and rise >= self.rise
         # a loss another optimizer plays against (a GAN generator's, while the discriminator learns) rises by
-        # design: only a rise CRITICAL_RISE times the start is divergence there
+        # design: only a rise ``critical_rise`` times the start is divergence there
         adversarial = bool(facts.trained_elsewhere)
-        trend = settled and level >= (CRITICAL_RISE if adversarial else RISE) * start and rising
+        trend = settled and level >= (self.critical_rise if adversarial else self.rise) * start and rising
         if not settled:  # the starting level is the first START_STEPS steps: nothing rises above it before they pass
             return []
-        if CRITICAL_RISE <= rise < SUDDEN_RISE and not trend and not lasting:
+        if self.critical_rise <= rise < self.sudden_rise and not trend and not lasting:
             return self._spike(snapshot, facts, start, rise)
-        if lasting or (rise >= RISE and trend) or rise >= SUDDEN_RISE:
-            severity = "critical" if rise >= CRITICAL_RISE else "warning"
+        if lasting or (rise >= self.rise and trend) or rise >= self.sudden_rise:
+            severity = "critical" if rise >= self.critical_rise else "warning"
             evidence = {"loss": snapshot.loss, "recent_median": level, "start_loss": start, "rise": rise,
                         "best_loss": min(losses)}
             if spike is not None:
@@ -86,7 +101,7 @@ class LossDivergence(Detector):
                 layer=None, value=snapshot.loss, evidence=evidence,
                 message=f"training loss {fmt(snapshot.loss, 4)} (recent median {fmt(level, 4)}) is {fmt(rise)}x its "
                         f"starting level {fmt(start, 4)} and rising")
-        if rise < RISE:
+        if rise < self.rise:
             self.memory.pop("spike", None)
             self.episodes.healthy(MODEL, snapshot.step)
         return []
@@ -96,11 +111,12 @@ class LossDivergence(Detector):
         if self.memory.get("spike") is not None:
             return []
         self.memory["spike"] = {"step": snapshot.step, "checks": 1}
-        recent = median(self.series["loss"][-RECENT - 1:-1] or self.series["loss"])
+        recent = median(self.series[LOSS][-RECENT - 1:-1] or self.series[LOSS])
         evidence = {"loss": snapshot.loss, "start_loss": start, "recent_median": recent, "rise": rise,
                     "spike_step": snapshot.step}
-        return [Alert(kind="loss_spike", layer=None, step=snapshot.step, severity="info", value=snapshot.loss,
-                      evidence=evidence, suggestions=suggest("loss_spike", facts, evidence),
-                      message=(f"training loss {fmt(snapshot.loss, 4)} in the steps up to {snapshot.step} is "
-                               f"{fmt(rise)}x its starting level {fmt(start, 4)} (recent median {fmt(recent, 4)}); "
-                               f"if it falls back within {SPIKE_CHECKS} checks it was a batch, if it stays it diverges"))]
+        return [self.make_alert(facts, kind="loss_spike", layer=None, step=snapshot.step, severity="info",
+                                value=snapshot.loss, evidence=evidence,
+                                message=(f"training loss {fmt(snapshot.loss, 4)} in the steps up to {snapshot.step} is "
+                                         f"{fmt(rise)}x its starting level {fmt(start, 4)} (recent median "
+                                         f"{fmt(recent, 4)}); if it falls back within {self.spike_checks} checks it "
+                                         f"was a batch, if it stays it diverges"))]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from torchhealth.records import Alert
-from torchhealth.detectors.base import Detector
+from torchhealth.detectors.base import LOSS, Detector
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import median, progress
 from torchhealth.facts import ModelFacts
@@ -22,9 +22,21 @@ class LossPlateau(Detector):
     judge); only a run that never got anywhere is flagged. A run whose LR scheduler is still warming up
     (the rate below the schedule's base and higher than ``WINDOW`` checks ago) gets no verdict: a long
     warmup starts from a rate too small to move the loss, by design.
+
+    Args:
+        window: Checks over which recent progress is measured (``WINDOW``, 10).
+        min_recent: Relative progress over ``window`` below which the loss is flat (``MIN_RECENT``, 0.01).
+        min_total: Relative progress since the start below which the run got nowhere (``MIN_TOTAL``, 0.1).
+        recover_after: Healthy checks that close an episode (3).
     """
 
     kind = "loss_plateau"
+    thresholds = {"window": "count", "min_recent": "positive", "min_total": "positive"}
+
+    def __init__(self, *, window: int = WINDOW, min_recent: float = MIN_RECENT, min_total: float = MIN_TOTAL,
+                 recover_after: int = Detector.recover_after) -> None:
+        super().__init__()
+        self.configure(recover_after=recover_after, window=window, min_recent=min_recent, min_total=min_total)
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         ratios = snapshot.family("update_ratio")
@@ -33,20 +45,20 @@ class LossPlateau(Detector):
         warming = self._warming_up(facts)
         if snapshot.loss is None:
             return []
-        losses = self.remember("loss", snapshot.loss)
+        losses = self.remember_loss(snapshot)
         if warming:  # a learning rate still on its way up to the schedule's base moves little: no verdict yet
             return []
-        recent = progress(losses, WINDOW)
+        recent = progress(losses, self.window)
         if recent is None:
             return []
-        start = median(self.first("loss"))
+        start = median(self.first_checks(LOSS))
         total = (start - median(losses[-3:])) / max(abs(start), 1e-12)
-        if abs(recent) < MIN_RECENT and total < MIN_TOTAL:
+        if abs(recent) < self.min_recent and total < self.min_total:
             evidence = {"recent_progress": recent, "total_progress": total, "start_loss": start,
                         "loss": snapshot.loss, "update_ratio": self.memory.get("update_ratio")}
             return self.episode(MODEL, facts, step=snapshot.step, severity="warning",
                 layer=None, value=snapshot.loss, evidence=evidence,
-                message=(f"training loss {snapshot.loss:.4g} moved {recent:+.1%} over the last {WINDOW} checks and "
+                message=(f"training loss {snapshot.loss:.4g} moved {recent:+.1%} over the last {self.window} checks and "
                          f"{total:+.1%} since the start ({start:.4g})"))
         self.episodes.healthy(MODEL, snapshot.step)
         return []
@@ -58,4 +70,4 @@ class LossPlateau(Detector):
             return False
         lr, base = float(found[1]["lr"]), found[1].get("initial_lr")
         rates = self.remember("lr", lr)
-        return bool(base) and lr < base and len(rates) > 1 and lr > rates[-min(len(rates), WINDOW + 1)]
+        return bool(base) and lr < base and len(rates) > 1 and lr > rates[-min(len(rates), self.window + 1)]

@@ -18,10 +18,17 @@ class NonFinite(Detector):
     A NaN cascade (every later layer, the loss and every gradient) is one episode whose alert names
     the first activation that went non-finite. Non-finite gradients on checks where AMP's GradScaler
     skipped steps (and the forward pass and loss were finite) are normal loss-scaling, not a problem.
+
+    Args:
+        recover_after: Finite checks that close an episode (2).
     """
 
     kind = "nonfinite"
     recover_after = 2
+
+    def __init__(self, *, recover_after: int = recover_after) -> None:
+        super().__init__()
+        self.configure(recover_after=recover_after)
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         sources = dict(snapshot.nonfinite)
@@ -36,12 +43,10 @@ class NonFinite(Detector):
                     "cascade": sorted(sources, key=sources.get)[:10]}
         where = {"activation": f"the output of `{layer}`", "grad": f"the gradient of `{layer}`",
                  "loss": "the loss"}[root.split(":")[0]]
-        alert = self.episodes.report(MODEL, snapshot.step, "critical", lambda: self.make_alert(
-            facts, layer=layer, step=sources[root], severity="critical", value=float(sources[root]),
-            evidence=evidence,
-            message=(f"NaN/Inf first appeared in {where} at step {sources[root]}"
-                     + (f" ({len(sources) - 1} other sources followed)" if len(sources) > 1 else ""))))
-        return [alert] if alert else []
+        return self.episode(MODEL, facts, step=snapshot.step, severity="critical", alert_step=sources[root],
+                            layer=layer, value=sources[root], evidence=evidence,
+                            message=(f"NaN/Inf first appeared in {where} at step {sources[root]}"
+                                     + (f" ({len(sources) - 1} other sources followed)" if len(sources) > 1 else "")))
 
     @staticmethod
     def root(sources: dict[str, int], facts: ModelFacts) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from torchhealth.records import Alert
-from torchhealth.detectors.base import Detector
+from torchhealth.detectors.base import Detector, ordered
 from torchhealth.detectors.trends import consecutive
 from torchhealth.facts import ModelFacts
 from torchhealth.records import Snapshot
@@ -32,21 +32,39 @@ class SaturatedActivation(Detector):
     as predictions become confident; and gates (a sigmoid/tanh that runs right next to another
     activation with no weight layer in between, as the i/f/o gates and cell tanh of a hand-written
     LSTM/GRU cell do), where a gate at 0 or 1 is how the cell forgets or keeps its state.
+
+    Args:
+        saturated_share: Share of a site's outputs at the extremes that is saturated (``SATURATED_SHARE``, 1/3).
+        critical_share: Share that is critical (``CRITICAL_SHARE``, 0.9).
+        persist: Consecutive checks the share must stay high (``PERSIST``, 5).
+        recovered_share: Share below which the site is healthy again (``RECOVERED_SHARE``, 0.2).
+        recover_after: Healthy checks that close an episode (3).
     """
 
     kind = "saturated_activation"
+    thresholds = {"saturated_share": "share", "critical_share": "share", "persist": "count",
+                  "recovered_share": "share"}
+
+    def __init__(self, *, saturated_share: float = SATURATED_SHARE, critical_share: float = CRITICAL_SHARE,
+                 persist: int = PERSIST, recovered_share: float = RECOVERED_SHARE,
+                 recover_after: int = Detector.recover_after) -> None:
+        super().__init__()
+        self.configure(recover_after=recover_after, saturated_share=saturated_share, critical_share=critical_share,
+                       persist=persist, recovered_share=recovered_share)
+        ordered(type(self).__name__, ("recovered_share", recovered_share), ("saturated_share", saturated_share),
+                ("critical_share", critical_share))
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         alerts = []
         for site, share in snapshot.family("saturation").items():
             if not math.isfinite(share) or _is_output(site, facts) or _is_gate(site, facts):
                 continue
-            flags = self.remember(f"high:{site}", float(share >= SATURATED_SHARE))
-            if consecutive(flags) < PERSIST:
-                if share < RECOVERED_SHARE:
+            flags = self.remember(f"high:{site}", float(share >= self.saturated_share))
+            if consecutive(flags) < self.persist:
+                if share < self.recovered_share:
                     self.episodes.healthy(site, snapshot.step)
                 continue
-            severity = "critical" if share >= CRITICAL_SHARE else "warning"
+            severity = "critical" if share >= self.critical_share else "warning"
             kind = facts.activations.get(site, "activation")
             evidence = {"saturated_share": share, "checks": consecutive(flags), "layers": [site]}
             alerts += self.episode(site, facts, step=snapshot.step, severity=severity,

@@ -20,34 +20,41 @@ FINAL_ACTIVATIONS = {
 
 
 class StaticChecks(Detector):
-    """Dropout with p >= 1 or a suspicious p; an activation on the final layer (before the loss)."""
+    """Dropout with p >= 1 or a suspicious p; an activation on the final layer (before the loss).
+
+    Args:
+        suspicious_dropout: Dropout rate from which a dropout layer is flagged (``SUSPICIOUS_DROPOUT``, 0.8).
+    """
 
     kind = "static"
+    thresholds = {"suspicious_dropout": "share"}
+
+    def __init__(self, *, suspicious_dropout: float = SUSPICIOUS_DROPOUT) -> None:
+        super().__init__()  # static findings have no episodes: no recover_after
+        self.configure(suspicious_dropout=suspicious_dropout)
 
     def static_check(self, model: nn.Module, facts: ModelFacts) -> list[Alert]:
         model = unwrap(model)
         alerts = []
         for name, module in model.named_modules():
-            if isinstance(module, DROPOUT_KINDS) and module.p >= SUSPICIOUS_DROPOUT:
+            if isinstance(module, DROPOUT_KINDS) and module.p >= self.suspicious_dropout:
                 learns_nothing = module.p >= 1.0
-                alerts.append(Alert(
-                    kind="suspicious_dropout", layer=clean_name(name), step=0, severity="warning", value=module.p,
+                alerts.append(self.make_alert(
+                    facts, kind="suspicious_dropout", layer=clean_name(name), step=0, severity="warning",
+                    value=module.p, evidence={"p": module.p, "layers": [clean_name(name)]},
                     message=(f"dropout p={module.p:g} " + ("zeroes every activation in training: nothing reaches the "
                              "layers above, so the model learns nothing" if learns_nothing else
-                             "drops most activations; the usual range is 0.1-0.5")),
-                    suggestions=[f"Set p to 0.1-0.5 in `{clean_name(name)}` (p is the share DROPPED, not kept)."],
-                    evidence={"p": module.p}))
+                             "drops most activations; the usual range is 0.1-0.5"))))
         final = _final_module(model)
         if final is not None:
             name, module = final
             for cls, why in FINAL_ACTIVATIONS.items():
                 if type(module) is cls:
-                    alerts.append(Alert(
-                        kind="final_activation", layer=clean_name(name), step=0, severity="warning", value=0.0,
+                    alerts.append(self.make_alert(
+                        facts, kind="final_activation", layer=clean_name(name), step=0, severity="warning", value=0.0,
+                        evidence={"module": cls.__name__, "layers": [clean_name(name)]},
                         message=f"the model ends in {cls.__name__} (`{clean_name(name)}`): if you train with "
-                                f"CrossEntropyLoss or MSELoss, {why}",
-                        suggestions=[f"Remove `{clean_name(name)}` from the model and apply it only at inference."],
-                        evidence={"module": cls.__name__}))
+                                f"CrossEntropyLoss or MSELoss, {why}"))
         return alerts
 
 

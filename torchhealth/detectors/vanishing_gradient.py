@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from torchhealth.records import Alert
-from torchhealth.detectors.base import Detector
+from torchhealth.detectors.base import LOSS, Detector, ordered
 from torchhealth.detectors.episodes import MODEL
 from torchhealth.detectors.trends import consecutive, stalled
 from torchhealth.facts import ModelFacts
@@ -26,18 +26,36 @@ class VanishingGradient(Detector):
 
     Alerts when the lower/upper ratio stays below ``RATIO`` for ``PERSIST`` checks and the loss
     moved less than 5% over the last ``STALL_WINDOW`` checks.
+
+    Args:
+        ratio: Lower/upper gradient norm ratio below which gradients vanished (``RATIO``, 1e-3).
+        critical_ratio: Ratio below which it is critical (``CRITICAL_RATIO``, 1e-6).
+        persist: Consecutive checks the ratio must stay low (``PERSIST``, 5).
+        stall_window: Checks over which the loss must have stalled (``STALL_WINDOW``, 5).
+        min_layers: Weight layers with gradients needed to compare thirds (``MIN_LAYERS``, 3).
+        recover_after: Healthy checks that close an episode (3).
     """
 
     kind = "vanishing_gradient"
+    thresholds = {"ratio": "ratio", "critical_ratio": "ratio", "persist": "count", "stall_window": "count",
+                  "min_layers": "count"}
+
+    def __init__(self, *, ratio: float = RATIO, critical_ratio: float = CRITICAL_RATIO, persist: int = PERSIST,
+                 stall_window: int = STALL_WINDOW, min_layers: int = MIN_LAYERS,
+                 recover_after: int = Detector.recover_after) -> None:
+        super().__init__()
+        self.configure(recover_after=recover_after, ratio=ratio, critical_ratio=critical_ratio, persist=persist,
+                       stall_window=stall_window, min_layers=min_layers)
+        ordered(type(self).__name__, ("critical_ratio", critical_ratio), ("ratio", ratio))
 
     def check(self, snapshot: Snapshot, facts: ModelFacts) -> list[Alert]:
         norms = {k: v for k, v in snapshot.family("grad_norm").items() if k != TOTAL}
         if snapshot.loss is not None:
-            self.remember("loss", snapshot.loss)
+            self.remember_loss(snapshot)
         layers = [layer for layer in facts.weight_layers if layer in norms]
-        if len(layers) < MIN_LAYERS:
+        if len(layers) < self.min_layers:
             layers = list(norms)
-        if len(layers) < MIN_LAYERS or not all(math.isfinite(norms[layer]) for layer in layers):
+        if len(layers) < self.min_layers or not all(math.isfinite(norms[layer]) for layer in layers):
             return []
         layers = facts.in_forward_order(layers)
         third = max(1, len(layers) // 3)
@@ -45,15 +63,15 @@ class VanishingGradient(Detector):
         low = _geomean([norms[layer] for layer in lower])
         high = _geomean([norms[layer] for layer in upper])
         ratio = low / high if high > 0 else 1.0
-        low_flags = self.remember("low", float(ratio < RATIO))
-        if consecutive(low_flags) >= PERSIST and stalled(self.series.get("loss", []), STALL_WINDOW):
-            severity = "critical" if ratio < CRITICAL_RATIO else "warning"
+        low_flags = self.remember("low", float(ratio < self.ratio))
+        if consecutive(low_flags) >= self.persist and stalled(self.series.get(LOSS, []), self.stall_window):
+            severity = "critical" if ratio < self.critical_ratio else "warning"
             evidence = {"ratio": ratio, "lower_norm": low, "upper_norm": high, "lower_layers": lower,
                         "upper_layers": upper, "layers": lower, "checks_low": consecutive(low_flags)}
             return self.episode(MODEL, facts, step=snapshot.step, severity=severity,
                 layer=lower[0], value=ratio, evidence=evidence,
                 message=_message(low, high, ratio, lower, upper, consecutive(low_flags)))
-        if ratio >= RATIO:
+        if ratio >= self.ratio:
             self.episodes.healthy(MODEL, snapshot.step)
         return []
 
