@@ -331,3 +331,17 @@ def test_torch_compile_loaded_between_checks_ends_the_quiet_steps_so_its_hook_is
         assert hooked == (step >= 4) or step == 0, step  # step 0 is sampled: its hook goes at its end
     assert taken == [True, True, True, False, True], "steps 1-3 quiet; step 4 a full one once torch.compile is loaded"
     monitor.close()
+
+
+def test_parts_of_the_users_own_are_validated_at_construction():
+    model = net()
+    with pytest.raises(TypeError, match=r"\[\*torchhealth.default_detectors\(\), yours\]"):
+        torchhealth.Monitor(model, detectors=Fires("warning"))  # one detector, not a list
+    with pytest.raises(TypeError, match="torchhealth.Sink instances"):
+        torchhealth.Monitor(model, sinks=[lambda alert: None])
+    with pytest.raises(ValueError, match="more than one collector named \\['loss'\\]"):
+        torchhealth.Monitor(model, collectors=[*torchhealth.default_collectors(), torchhealth.collectors.LossCollector()])
+    assert all_hooks(model) == 0
+    monitor = torchhealth.Monitor(model, detectors=[Fires("warning")], sinks=[], check_every=1, on_alert=lambda a: None)
+    assert [d.kind for d in monitor.detectors] == ["test_kind"] and monitor.sinks[0].name != "tensorboard"
+    monitor.close()

@@ -99,9 +99,9 @@ class Monitor:
                 raise ValueError("scaler= needs the optimizer that the scaler steps: "
                                  "torchhealth.Monitor(model, optimizer, scaler=scaler)")
         self.options = MonitorOptions.from_kwargs(**options)
-        collectors = _parts("collectors", collectors, Collector, default_collectors)
-        detectors = _parts("detectors", detectors, Detector, default_detectors)
-        sinks = _parts("sinks", sinks, Sink, default_sinks)
+        collectors = _given_parts("collectors", collectors, Collector, default_collectors)
+        detectors = _given_parts("detectors", detectors, Detector, default_detectors)
+        sinks = _given_parts("sinks", sinks, Sink, default_sinks)
         self.model = model
         self.optimizer = optimizer
         self.rank, self.world_size = distributed.rank_and_world()
@@ -577,7 +577,7 @@ def _writable_dir(path: str | os.PathLike) -> str:
     return path
 
 
-def _parts(what: str, given: Any, kind: type, defaults: Any) -> list[Any]:
+def _given_parts(what: str, given: Any, kind: type, defaults: Any) -> list[Any]:
     """``given`` as a list of ``kind`` instances (``defaults()`` when None); TypeError naming the fix otherwise."""
     if given is None:
         return list(defaults())
