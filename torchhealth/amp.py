@@ -8,12 +8,10 @@ Those skips are how AMP finds its scale, not exploding gradients, so the monitor
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable
 
 import torch
 
-logger = logging.getLogger("torchhealth")
 
 try:
     from torch.amp.grad_scaler import OptState
