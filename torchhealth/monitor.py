@@ -202,7 +202,8 @@ class Monitor:
         self._forced_checks += forced
         if scheduled or forced:
             if "check" in self.guard.disabled:  # failed on this rank only so far: the others learn it now
-                self.guard.call("check agreement", self._agreement.reduce, self._scheduled(step), {}, {})
+                self.guard.call("check agreement", self._agreement.reduce,
+                                self._scheduled(step % self.options.log_every == 0), {}, {})
             else:
                 new += self.guard.call("check", self._check, step, default=[])
         for part, collector in self._after_step:
@@ -404,9 +405,8 @@ class Monitor:
             return []  # read by the next step(): the GPU runs on meanwhile instead of waiting for the host
         return self._finish_check()
 
-    def _scheduled(self, step: int, final: bool = False) -> list[str]:
-        """The collectors a check at ``step`` reads, by name (the same on every rank)."""
-        logging = step % self.options.log_every == 0 or final
+    def _scheduled(self, logging: bool) -> list[str]:
+        """The collectors a check reads, by name (the same on every rank); ``logging``: it writes TensorBoard."""
         return [name for name, collector in self._all_collectors.items() if collector.reads(logging)]
 
     def _start_check(self, step: int, final: bool) -> _Reading | None:
@@ -415,7 +415,7 @@ class Monitor:
         None when the ranks have just switched checks off (a check failed on one of them).
         """
         logging = step % self.options.log_every == 0 or final
-        scheduled = self._scheduled(step, final)
+        scheduled = self._scheduled(logging)
         collectors = {name: self.collectors[name] for name in scheduled if name in self.collectors}
         state = {name: self.guard.call(f"collector {name}", c.state, default={}) for name, c in collectors.items()}
         if self._agreement is None:
