@@ -23,11 +23,14 @@ launch-bound loop is what compiling is for; it shows what the monitor costs ther
 ``+relu_sparsity_item`` is refused with it: hooks added to a compiled model after it was traced do
 not run.
 
-On CPU every step is timed (process CPU time: all threads of this process, TensorBoard's writer
-thread included, which other processes disturb less than wall-clock) in blocks of ``check_every``
-steps; the monitor's steps are classed by kind and each kind's median is weighted by how often
-it occurs in a logging interval (see ``measure``). On CUDA whole blocks of one logging interval
-are timed by wall-clock after a synchronize, and memory is ``torch.cuda.max_memory_allocated``
+Every step (on CPU) or block (on CUDA) is timed by two clocks. Wall-clock is what the training
+loop waits for. Process CPU time counts every thread of this process (TensorBoard's writer thread
+too): what the monitor costs the machine, and what work moved off the training thread would still
+cost (docs/performance.md, "Off the training thread"). Both overheads are reported. On CPU the
+steps are timed in blocks of ``check_every`` steps; the monitor's steps are classed by kind and
+each kind's median is weighted by how often it occurs in a logging interval (see ``measure``),
+with the part of each kind spent inside ``monitor.step()``. On CUDA whole blocks of one logging interval
+are timed after a synchronize, and memory is ``torch.cuda.max_memory_allocated``
 during each block minus what was allocated when it started (working memory: activations,
 gradients, the monitor's weight copy). The monitor state column is the bytes of the tensors the
 monitor keeps between steps (O(parameters + units)).
@@ -39,7 +42,7 @@ arm, the median over processes and their range.
 
 Usage::
 
-    python benchmarks/overhead.py --processes 3 --out overhead_cpu.md   # CPU models, 1 thread
+    python benchmarks/overhead.py --processes 5 --out overhead_cpu.md   # CPU models, 1 thread
     python benchmarks/overhead.py --device cuda --out overhead_cuda.md  # adds ResNet-50, MLP-24x1024
 """
 
@@ -186,6 +189,7 @@ class Bench:
         self.monitor.collectors["activations"].sampling = False
         self.relus = [(name, m) for name, m in self.twin.named_modules() if isinstance(m, nn.ReLU)]
         self.logged: dict[str, float] = {}
+        self.inside: list[float] = []  # wall-clock seconds inside monitor.step() of the last steps timed
         self.run_model, self.run_twin = self.model, self.twin
         if compile:  # after the monitor attached, as docs/performance.md says, so its hooks are traced
             # Dynamo does not guard on module hooks: a twin of the same class would lend the monitored
@@ -212,9 +216,9 @@ class Bench:
             return "before log"
         return "after check" if position % options.check_every == 1 else "other"
 
-    def block(self, arm: str, steps: int, times: list[tuple[str, float]] | None = None,
-              clock: Callable[[], float] = time.perf_counter) -> None:
-        """Runs ``steps`` steps of ``arm``; with ``times``, times each step (a synchronize per step on CUDA)."""
+    def block(self, arm: str, steps: int, times: list[tuple[str, float, float]] | None = None) -> None:
+        """Runs ``steps`` steps of ``arm``; with ``times``, appends each step's (kind, wall-clock seconds,
+        process CPU seconds, wall-clock seconds inside ``monitor.step``) (a synchronize per step on CUDA)."""
         monitor = self.monitor if arm == "torchhealth" else None
         handles = ([m.register_forward_hook(self._sparsity_hook(name)) for name, m in self.relus]
                    if arm == "+relu_sparsity_item" else [])
@@ -223,11 +227,12 @@ class Bench:
         try:
             for _ in range(steps):
                 if times is not None:
-                    kind, t0 = self.kind_of_next_step(arm), clock()
+                    kind, t0 = self.kind_of_next_step(arm), clocks()
                 self.step(monitor, arm)
                 if times is not None:
                     sync(self.device)
-                    times.append((kind, clock() - t0))
+                    t1 = clocks()
+                    times.append((kind, t1[0] - t0[0], t1[1] - t0[1], self.inside[-1] if monitor is not None else 0.0))
         finally:
             for handle in handles:
                 handle.remove()
@@ -239,7 +244,9 @@ class Bench:
             loss = F.cross_entropy((self.run_model if monitor is not None else self.run_twin)(self.x), self.y)
         loss.backward()
         if monitor is not None:
+            t0 = time.perf_counter()
             monitor.step(loss)
+            self.inside.append(time.perf_counter() - t0)
         elif arm in ("grad_norm_item", "+relu_sparsity_item"):
             for name, p in self.model.named_parameters():
                 if p.grad is not None:
@@ -257,11 +264,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def clocks() -> tuple[float, float]:
+    """(wall-clock, process CPU time) now, in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+CLOCKS = ("wall", "cpu")
+"""What ``measure`` reports, in this order: the step's wall-clock (the training loop's wait) and
+its process CPU time (every thread's work)."""
+
+
 # -- the measurement -----------------------------------------------------------------------------
 def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_steps: int,
-            clock: Callable[[], float] = time.perf_counter, budget_s: float = float("inf"),
-            per_step: bool = False, arms: tuple[str, ...] = ARMS, compile: bool = False) -> dict[str, dict[str, float]]:
-    """Interleaved rounds of ``block_steps`` steps per arm; returns per-arm step times and ratios.
+            budget_s: float = float("inf"), per_step: bool = False, arms: tuple[str, ...] = ARMS,
+            compile: bool = False) -> dict[str, dict[str, float]]:
+    """Interleaved rounds of ``block_steps`` steps per arm; returns per-arm step times and ratios,
+    by wall-clock (``step_ms``, ``ratio``...) and by process CPU time (the same names prefixed ``cpu_``).
 
     A round runs each arm's block in turn, in a shuffled order (seeded by the round). With
     ``per_step`` every step is timed and classed by kind (the monitor's log step, check steps,
@@ -278,8 +296,8 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
     options = torchhealth.MonitorOptions()
     with tempfile.TemporaryDirectory(prefix="torchhealth-bench-") as log_dir:
         bench = Bench(w, device, log_dir, compile)
-        steps: dict[str, list[tuple[str, float]]] = {a: [] for a in arms}
-        per_round: dict[str, list[float]] = {a: [] for a in arms}
+        steps: dict[str, list[tuple[str, float, float, float]]] = {a: [] for a in arms}
+        per_round: dict[str, list[tuple[float, float]]] = {a: [] for a in arms}  # (wall, cpu) per step
         peak: dict[str, int] = {a: 0 for a in arms}
         state = 0
         for r in range(warmup + rounds):
@@ -289,13 +307,13 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                     start_bytes = torch.cuda.memory_allocated()
-                times: list[tuple[str, float]] | None = [] if per_step else None
-                t0 = clock()
-                bench.block(arm, block_steps, times, clock)
+                times: list[tuple[str, float, float, float]] | None = [] if per_step else None
+                t0 = clocks()
+                bench.block(arm, block_steps, times)
                 sync(device)
-                elapsed = clock() - t0
+                t1 = clocks()
                 if r >= warmup:
-                    per_round[arm].append(elapsed / block_steps)
+                    per_round[arm].append(((t1[0] - t0[0]) / block_steps, (t1[1] - t0[1]) / block_steps))
                     steps[arm] += times or []
                     if device.type == "cuda":
                         peak[arm] = max(peak[arm], torch.cuda.max_memory_allocated() - start_bytes)
@@ -314,10 +332,11 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
             raise SystemExit(f"{w.name}: parts of the monitor failed during the measurement "
                              f"({', '.join(sorted(bench.monitor.guard.disabled))}); its figures would not be the monitor's")
 
-    def kinds(arm: str) -> dict[str, list[float]]:
+    def kinds(arm: str, c: int) -> dict[str, list[float]]:
+        """Seconds of each kind of step by clock ``c`` (an index into ``CLOCKS``; ``len(CLOCKS)``: inside ``monitor.step``)."""
         out: dict[str, list[float]] = {}
-        for kind, seconds in steps[arm]:
-            out.setdefault(kind, []).append(seconds)
+        for kind, *seconds in steps[arm]:
+            out.setdefault(kind, []).append(seconds[c])
         return out
 
     def interval_counts(arm: str) -> dict[str, int]:
@@ -328,10 +347,10 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
         return {"log": 1, "check": checks - 1, "after check": checks, "before log": 1,
                 "other": options.log_every - 2 * checks - 1}
 
-    def amortized(arm: str) -> float:
+    def amortized(arm: str, c: int) -> float:
         if not per_step:
-            return statistics.median(per_round[arm])
-        medians = {kind: statistics.median(v) for kind, v in kinds(arm).items()}
+            return statistics.median(t[c] for t in per_round[arm])
+        medians = {kind: statistics.median(v) for kind, v in kinds(arm, c).items()}
         counts = interval_counts(arm)
         missing = set(counts) - set(medians)
         if missing:
@@ -339,40 +358,66 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
                              f"one logging interval ({options.log_every} steps) per arm")
         return sum(n * medians[kind] for kind, n in counts.items()) / sum(counts.values())
 
-    plain = per_round["plain"]
     out = {}
     for a in arms:
-        ratios = sorted(t / p for t, p in zip(per_round[a], plain))
-        out[a] = {"step_ms": 1e3 * amortized(a), "ratio": amortized(a) / amortized("plain"),
-                  "ratio_q1": ratios[len(ratios) // 4], "ratio_q3": ratios[(3 * len(ratios)) // 4],
-                  "peak_bytes": peak[a], "state_bytes": state if a == "torchhealth" else 0,
-                  "rounds": len(per_round[a])}
-        if per_step:  # median extra time of each kind of step over plain's (amortized) step
-            base = amortized("plain")
-            counts = interval_counts(a)
-            out[a]["kinds"] = {kind: (counts.get(kind, 0), 1e3 * (statistics.median(v) - base))
-                               for kind, v in kinds(a).items()}
+        out[a] = {"peak_bytes": peak[a], "state_bytes": state if a == "torchhealth" else 0, "rounds": len(per_round[a])}
+        for c, name in enumerate(CLOCKS):
+            prefix = "" if name == "wall" else f"{name}_"
+            ratios = sorted(t[c] / p[c] for t, p in zip(per_round[a], per_round["plain"]))
+            out[a].update({f"{prefix}step_ms": 1e3 * amortized(a, c), f"{prefix}ratio": amortized(a, c) / amortized("plain", c),
+                           f"{prefix}ratio_q1": ratios[len(ratios) // 4], f"{prefix}ratio_q3": ratios[(3 * len(ratios)) // 4]})
+            if per_step:  # median extra time of each kind of step over plain's (amortized) step
+                base = amortized("plain", c)
+                counts = interval_counts(a)
+                out[a][f"{prefix}kinds"] = {kind: (counts.get(kind, 0), 1e3 * (statistics.median(v) - base))
+                                            for kind, v in kinds(a, c).items()}
+        if per_step and a == "torchhealth":  # of which inside monitor.step(), on the training thread
+            out[a]["inside_kinds"] = {kind: (counts.get(kind, 0), 1e3 * statistics.median(v))
+                                      for kind, v in kinds(a, len(CLOCKS)).items()}
     return out
 
 
 def table(results: dict[str, dict[str, dict[str, float]]], device: torch.device) -> str:
     cuda = device.type == "cuda"
     processes = any("ratio_min" in r for arms in results.values() for r in arms.values())
-    head = ("| model | rounds | arm | step (ms, median) | overhead vs plain | "
-            + ("range over processes | " if processes else "middle half of rounds | ")
+    spread = "range over processes" if processes else "middle half of rounds"
+    head = ("| model | rounds | arm | step (ms, wall-clock) | **wall-clock overhead** | " + spread + " | "
+            "CPU time (ms) | CPU-time overhead | " + spread + " | "
             + ("peak working memory (MiB) | " if cuda else "") + "monitor state (KiB) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for model, arms in results.items():
         for arm, r in arms.items():
-            overhead = "—" if arm == "plain" else f"{100 * (r['ratio'] - 1):+.1f}%"
-            arm = f"{arm} (A/A control)" if arm == "plain_again" else arm
-            low, high = (r["ratio_min"], r["ratio_max"]) if processes else (r["ratio_q1"], r["ratio_q3"])
-            spread = "—" if arm == "plain" else f"{100 * (low - 1):+.1f}% .. {100 * (high - 1):+.1f}%"
-            row = f"| {model} | {r['rounds']} | {arm} | {r['step_ms']:.2f} | {overhead} | {spread} | "
+            row = f"| {model} | {r['rounds']} | {arm} (A/A control) | " if arm == "plain_again" else \
+                f"| {model} | {r['rounds']} | {arm} | "
+            for prefix in ("", "cpu_"):
+                overhead = "—" if arm == "plain" else f"{100 * (r[prefix + 'ratio'] - 1):+.1f}%"
+                low, high = ((r[prefix + "ratio_min"], r[prefix + "ratio_max"]) if processes
+                             else (r[prefix + "ratio_q1"], r[prefix + "ratio_q3"]))
+                band = "—" if arm == "plain" else f"{100 * (low - 1):+.1f}% .. {100 * (high - 1):+.1f}%"
+                row += f"{r[prefix + 'step_ms']:.2f} | {overhead} | {band} | "
             if cuda:
                 row += f"{r['peak_bytes'] / 2**20:.1f} | "
             row += f"{r['state_bytes'] / 2**10:.1f} |"
             lines.append(row)
+    return "\n".join(lines)
+
+
+def kinds_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Per model, the monitor's extra time by kind of step (the issue's table): how many of a logging
+    interval's steps are of that kind, the extra wall-clock and process CPU time over a plain step,
+    and the wall-clock spent inside ``monitor.step()``; medians (over processes, of per-kind medians)."""
+    lines = []
+    for model, arms in results.items():
+        th = arms.get("torchhealth", {})
+        if "kinds" not in th:
+            continue
+        lines += [f"\n{model}: the monitor's steps by kind\n",
+                  "| kind of step | steps per logging interval | extra wall-clock (ms) | extra CPU time (ms) | "
+                  "inside monitor.step() (ms) |", "|---|---|---|---|---|"]
+        for kind, (n, wall) in th["kinds"].items():
+            cpu = th["cpu_kinds"].get(kind, (n, float("nan")))[1]
+            inside = th["inside_kinds"].get(kind, (n, float("nan")))[1]
+            lines.append(f"| {kind} | {n} | {wall:+.3f} | {cpu:+.3f} | {inside:.3f} |")
     return "\n".join(lines)
 
 
@@ -399,8 +444,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing", default=None, choices=["step", "block"],
                         help="time every step (per-kind medians) or whole blocks (default: step on CPU, block "
                              "on CUDA, where timing single steps would add a synchronize per step)")
-    parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
-                        help="what a block's time is (default: cpu on CPU, wall on CUDA)")
     parser.add_argument("--arms", default=None,
                         help="comma-separated subset of the arms, plain included (default: all; with --compile "
                              "all but +relu_sparsity_item)")
@@ -429,10 +472,6 @@ def main(argv: list[str] | None = None) -> int:
     defaults = torchhealth.MonitorOptions()
     rounds = args.rounds or (100 if timing == "step" else 20)
     block_steps = args.block_steps or (defaults.check_every if timing == "step" else defaults.log_every)
-    clock_name = args.clock or ("cpu" if device.type == "cpu" else "wall")
-    if clock_name == "cpu" and device.type == "cuda":
-        raise SystemExit("--clock cpu measures host CPU time only; use --clock wall with --device cuda")
-    clock = time.process_time if clock_name == "cpu" else time.perf_counter
     names = args.models.split(",") if args.models else None
     workloads_here = [] if args.processes > 1 else workloads(args.device, names)  # else measured by the children
     results = over_processes(argv if argv is not None else sys.argv[1:], args.processes) if args.processes > 1 else {}
@@ -440,13 +479,15 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         budget = args.budget_s if args.budget_s is not None else (90.0 if device.type == "cpu" else float("inf"))
         per_step = timing == "step"
-        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, clock, budget, per_step, arms,
-                                  args.compile)
+        results[w.name] = measure(w, device, rounds, args.warmup, block_steps, budget, per_step, arms, args.compile)
         th = results[w.name]["torchhealth"]
-        kinds = "; ".join(f"{c} x{n}: {ms:+.2f} ms" for c, (n, ms) in th.get("kinds", {}).items())
         print(f"{w.name}: plain {results[w.name]['plain']['step_ms']:.2f} ms/step, torchhealth "
-              f"{100 * (th['ratio'] - 1):+.1f}% ({time.perf_counter() - t0:.0f}s){' [' + kinds + ']' if kinds else ''}",
-              flush=True)
+              f"{100 * (th['ratio'] - 1):+.1f}% wall-clock, {100 * (th['cpu_ratio'] - 1):+.1f}% process CPU time "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        for prefix, name in (("", "wall-clock"), ("cpu_", "CPU time"), ("inside_", "wall-clock inside monitor.step()")):
+            kinds = "; ".join(f"{c} x{n}: {ms:+.3f} ms" for c, (n, ms) in th.get(f"{prefix}kinds", {}).items())
+            if kinds:
+                print(f"  extra {name} per kind of step: {kinds}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f)
@@ -458,12 +499,13 @@ def main(argv: list[str] | None = None) -> int:
             f"Defaults: check_every={defaults.check_every}, "
             f"log_every={defaults.log_every}, sample_every={defaults.sample_every}. "
             f"Up to {rounds} interleaved rounds (column rounds) of {block_steps} steps per arm, timed by "
-            f"{'process CPU time' if clock_name == 'cpu' else 'wall-clock'}. "
+            "wall-clock (what the loop waits for) and by process CPU time (every thread of the process, TensorBoard's "
+            "writer included). "
             + ("Step time: every step timed, count-weighted mean of the median times of each kind of step in "
                "a logging interval (log, check, after a check, before a log step, other). " if timing == "step"
                else "Step time: median block time / steps. ")
             + spread + "\n\n"
-            + table(results, device) + "\n")
+            + table(results, device) + "\n" + kinds_table(results) + "\n")
     print(text)
     if args.out:
         with open(args.out, "w") as f:
@@ -495,12 +537,19 @@ def over_processes(argv: list[str], processes: int) -> dict[str, dict[str, dict[
         out[model] = {}
         for arm, first in arms.items():
             each = [run[model][arm] for run in runs]
-            ratios = [r["ratio"] for r in each]
-            out[model][arm] = {**first, "step_ms": statistics.median(r["step_ms"] for r in each),
-                               "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-                               "rounds": sum(r["rounds"] for r in each),
+            out[model][arm] = {**first, "rounds": sum(r["rounds"] for r in each),
                                "peak_bytes": max(r["peak_bytes"] for r in each)}
-            out[model][arm].pop("kinds", None)
+            for prefix in ("", "cpu_"):
+                ratios = [r[prefix + "ratio"] for r in each]
+                out[model][arm].update({
+                    prefix + "step_ms": statistics.median(r[prefix + "step_ms"] for r in each),
+                    prefix + "ratio": statistics.median(ratios), prefix + "ratio_min": min(ratios),
+                    prefix + "ratio_max": max(ratios)})
+            for prefix in ("", "cpu_", "inside_"):
+                if prefix + "kinds" in first:  # per kind of step: the median over processes of each kind's ms
+                    out[model][arm][prefix + "kinds"] = {
+                        kind: (n, statistics.median(r[prefix + "kinds"][kind][1] for r in each if kind in r[prefix + "kinds"]))
+                        for kind, (n, _) in first[prefix + "kinds"].items()}
     return out
 
 
