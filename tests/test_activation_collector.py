@@ -492,3 +492,40 @@ def test_nan_outputs_are_not_silence(strict_monitor):
         model[0].weight.fill_(float("nan"))
     snap = run(monitor, model, torch.randn(8, 4), steps=4)
     assert snap.stats["silent_units"]["1"] == 0.0
+
+
+class _LateBranch(nn.Module):
+    """A ReLU net whose second branch (another ReLU site) runs from a later step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+        self.main = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        self.branch = False
+
+    def forward(self, x):
+        out = self.main(x).sum(1, keepdim=True)
+        return out + self.side(x).sum(1, keepdim=True) if self.branch else out
+
+
+def test_silent_units_keep_their_count_when_a_site_joins_later(strict_monitor):
+    """The silence counts of every site live in one array laid out as the sites; a site that first runs
+    later is laid out in, and the others keep what they counted (by name, not position), across the
+    window that closed before it joined."""
+    model = _LateBranch()
+    monitor = strict_monitor(model, window_samples=40)
+    x = torch.randn(8, 4)
+    with torch.no_grad():
+        model.main[0].weight.zero_()
+        model.main[0].bias.copy_(torch.tensor([-1.0] * 5 + [1.0] * 3))  # 5 of 8 units never fire
+        model.side[0].weight.zero_()
+        model.side[0].bias.fill_(1.0)  # every unit of the late branch fires
+    shares = [run(monitor, model, x).stats["silent_units"]["main.1"] for _ in range(5)]  # the window closes at 40
+    assert shares == [0.0, 0.0, 5 / 8, 5 / 8, 5 / 8]  # 8 samples a step; silent from 24 >= 20
+    model.branch = True
+    snap = run(monitor, model, x)  # main's count goes on past the closed window (48, not 8); side is new
+    assert snap.stats["silent_units"] == {"main.1": 5 / 8, "side.1": 0.0}
+    with torch.no_grad():
+        model.side[0].bias.fill_(-1.0)  # now the new site's units die: its count starts here
+    shares = [run(monitor, model, x).stats["silent_units"] for _ in range(3)]
+    assert [s["side.1"] for s in shares] == [0.0, 0.0, 1.0] and all(s["main.1"] == 5 / 8 for s in shares)
