@@ -21,6 +21,7 @@ the job is waited for after that, outside the timed span. Arms alternate step by
 Usage::
 
     python benchmarks/gil_contention.py --job-ms 1.0 --steps 400
+    python benchmarks/gil_contention.py --switch-interval 0.0001   # hand the GIL over every 0.1 ms
 """
 
 from __future__ import annotations
@@ -89,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--job-ms", type=float, default=1.0, help="length of the job alone (default 1.0 ms)")
     parser.add_argument("--steps", type=int, default=400, help="measured steps per arm")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="the interpreter's switch interval in seconds for the run (default: left at %s)"
+                             % sys.getswitchinterval())
     args = parser.parse_args(argv)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     w = workloads("cpu", ["mlp16"])[0]
@@ -125,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             times[arm].append(t1 - t0)
     alone = statistics.median(times["alone"])
     print(f"MLP 16x256, batch 64, 1 torch thread, {os.cpu_count()} CPUs visible; a job of {args.job_ms:.2f} ms "
-          f"alone; medians over {args.steps} steps per arm, arms alternating step by step\n")
+          f"alone; switch interval {1e3 * sys.getswitchinterval():g} ms; medians over {args.steps} steps per arm, "
+          "arms alternating step by step\n")
     print("| arm | step (ms, wall-clock) | extra (ms) | extra / job length |")
     print("|---|---|---|---|")
     for arm in ARMS:
