@@ -351,9 +351,9 @@ class ActivationCollector(Collector):
         """
         self._lay_out_silence(read)
         new = samples - self._silence_base  # sampled inputs per site since the last check
-        # NaN outputs count as 0 (sign(NaN) is 0): NaN counts mean nothing fired, which is not silence
-        silence = np.where((positive > 0) | np.isnan(positive), 0.0, self._silence + np.repeat(np.maximum(new, 0.0), read.units))
-        if snapshot.nonfinite:
+        grown = self._silence + np.repeat(np.maximum(new, 0.0), read.units)
+        silence = np.where((positive > 0) | np.isnan(positive), 0.0, grown)  # a unit that fired restarts
+        if snapshot.nonfinite:  # NaN outputs count as 0 (sign(NaN) is 0): their site restarts, not silence
             for i, (start, count) in enumerate(zip(read.starts.tolist(), read.units.tolist())):
                 if f"activation:{read.names[i]}" in snapshot.nonfinite:
                     silence[start:start + count] = 0.0
@@ -373,7 +373,8 @@ class ActivationCollector(Collector):
             return
         old_names, old_units = self._silence_layout
         old_starts = np.concatenate([[0], np.cumsum(old_units, dtype=np.intp)[:-1]]) if old_units else []
-        old = {name: (int(start), count, i) for i, (name, start, count) in enumerate(zip(old_names, old_starts, old_units))}
+        old = {name: (int(start), count, i)
+               for i, (name, start, count) in enumerate(zip(old_names, old_starts, old_units))}
         silence, base = np.zeros(int(read.units.sum())), np.zeros(len(read.names))
         for i, (name, start, count) in enumerate(zip(read.names, read.starts.tolist(), read.units.tolist())):
             if name in old and old[name][1] == count:
