@@ -49,17 +49,16 @@ class Job:
 
     def __init__(self, ms: float) -> None:
         self.python_loops = self._calibrate(lambda n: sum(range(n)), ms)
-        self.buffer = b"x" * 4096
-        self.hash_bytes = self._calibrate(lambda n: hashlib.sha256(self.buffer * (n // 4096 + 1)).digest(), ms)
-        self.buffer = b"x" * self.hash_bytes  # made once: the job itself only hashes (without the GIL)
+        sample = b"x" * (1 << 16)  # hashed whole, without the GIL: the job hashes ``buffer``, a run of samples
+        self.buffer = sample * self._calibrate(lambda n: [hashlib.sha256(sample).digest() for _ in range(n)], ms, 1)
         self.kind = "python"
         self._start, self._done = threading.Event(), threading.Event()
         self._done.set()
         threading.Thread(target=self._run, daemon=True).start()
 
     @staticmethod
-    def _calibrate(work, ms: float) -> int:
-        n = 1000
+    def _calibrate(work, ms: float, n: int = 1000) -> int:
+        """How many units of ``work`` (``work(n)`` does n) take about ``ms`` milliseconds."""
         while True:
             t0 = time.perf_counter()
             work(n)
@@ -106,26 +105,27 @@ def main(argv: list[str] | None = None) -> int:
     first_in_backward = list(model.parameters())[-1]
     first_in_backward.register_post_accumulate_grad_hook(lambda p: job.start() if at_backward[0] else None)
     times: dict[str, list[float]] = {a: [] for a in ARMS}
-    for i in range(args.steps * len(ARMS) + 50):
-        arm = ARMS[i % len(ARMS)]
-        job.kind = "python" if arm.startswith("python") else "gil-free"
-        at_backward[0] = arm.endswith("at backward")
+
+    def train_step() -> float:
+        """One training step; returns when it started."""
         t0 = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return t0
+    for i in range(args.steps * len(ARMS) + 50):
+        arm = ARMS[i % len(ARMS)]
+        job.kind = "python" if arm.startswith("python") else "gil-free"
+        at_backward[0] = arm.endswith("at backward")
+        t0 = train_step()
         t1 = time.perf_counter()
         at_backward[0] = False
         job.wait()
         if arm.endswith("at step end"):  # starts now, beside the next arm's step: charge that step to this arm
             job.start()
-            t2 = time.perf_counter()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            t1, t0 = time.perf_counter(), t2
+            t0 = train_step()
+            t1 = time.perf_counter()
             job.wait()
         if i >= 50:
             times[arm].append(t1 - t0)

@@ -189,7 +189,7 @@ class Bench:
         self.monitor.collectors["activations"].sampling = False
         self.relus = [(name, m) for name, m in self.twin.named_modules() if isinstance(m, nn.ReLU)]
         self.logged: dict[str, float] = {}
-        self.inside: list[float] = []  # wall-clock seconds inside monitor.step() of the last steps timed
+        self.inside = 0.0  # wall-clock seconds inside monitor.step() of the last monitored step
         self.run_model, self.run_twin = self.model, self.twin
         if compile:  # after the monitor attached, as docs/performance.md says, so its hooks are traced
             # Dynamo does not guard on module hooks: a twin of the same class would lend the monitored
@@ -216,7 +216,7 @@ class Bench:
             return "before log"
         return "after check" if position % options.check_every == 1 else "other"
 
-    def block(self, arm: str, steps: int, times: list[tuple[str, float, float]] | None = None) -> None:
+    def block(self, arm: str, steps: int, times: list[tuple[str, float, float, float]] | None = None) -> None:
         """Runs ``steps`` steps of ``arm``; with ``times``, appends each step's (kind, wall-clock seconds,
         process CPU seconds, wall-clock seconds inside ``monitor.step``) (a synchronize per step on CUDA)."""
         monitor = self.monitor if arm == "torchhealth" else None
@@ -232,7 +232,7 @@ class Bench:
                 if times is not None:
                     sync(self.device)
                     t1 = clocks()
-                    times.append((kind, t1[0] - t0[0], t1[1] - t0[1], self.inside[-1] if monitor is not None else 0.0))
+                    times.append((kind, t1[0] - t0[0], t1[1] - t0[1], self.inside if monitor is not None else 0.0))
         finally:
             for handle in handles:
                 handle.remove()
@@ -246,7 +246,7 @@ class Bench:
         if monitor is not None:
             t0 = time.perf_counter()
             monitor.step(loss)
-            self.inside.append(time.perf_counter() - t0)
+            self.inside = time.perf_counter() - t0
         elif arm in ("grad_norm_item", "+relu_sparsity_item"):
             for name, p in self.model.named_parameters():
                 if p.grad is not None:
@@ -269,9 +269,9 @@ def clocks() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-CLOCKS = ("wall", "cpu")
-"""What ``measure`` reports, in this order: the step's wall-clock (the training loop's wait) and
-its process CPU time (every thread's work)."""
+CLOCK_PREFIXES = ("", "cpu_")
+"""The keys of what ``measure`` reports per clock, in the order of ``clocks()``: the step's wall-clock
+(the training loop's wait; unprefixed) and its process CPU time (every thread's work; ``cpu_``)."""
 
 
 # -- the measurement -----------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
                              f"({', '.join(sorted(bench.monitor.guard.disabled))}); its figures would not be the monitor's")
 
     def kinds(arm: str, c: int) -> dict[str, list[float]]:
-        """Seconds of each kind of step by clock ``c`` (an index into ``CLOCKS``; ``len(CLOCKS)``: inside ``monitor.step``)."""
+        """Seconds of each kind of step by clock ``c`` (an index into ``CLOCK_PREFIXES``; its length: inside ``monitor.step``)."""
         out: dict[str, list[float]] = {}
         for kind, *seconds in steps[arm]:
             out.setdefault(kind, []).append(seconds[c])
@@ -361,8 +361,7 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
     out = {}
     for a in arms:
         out[a] = {"peak_bytes": peak[a], "state_bytes": state if a == "torchhealth" else 0, "rounds": len(per_round[a])}
-        for c, name in enumerate(CLOCKS):
-            prefix = "" if name == "wall" else f"{name}_"
+        for c, prefix in enumerate(CLOCK_PREFIXES):
             ratios = sorted(t[c] / p[c] for t, p in zip(per_round[a], per_round["plain"]))
             out[a].update({f"{prefix}step_ms": 1e3 * amortized(a, c), f"{prefix}ratio": amortized(a, c) / amortized("plain", c),
                            f"{prefix}ratio_q1": ratios[len(ratios) // 4], f"{prefix}ratio_q3": ratios[(3 * len(ratios)) // 4]})
@@ -373,7 +372,7 @@ def measure(w: Workload, device: torch.device, rounds: int, warmup: int, block_s
                                             for kind, v in kinds(a, c).items()}
         if per_step and a == "torchhealth":  # of which inside monitor.step(), on the training thread
             out[a]["inside_kinds"] = {kind: (counts.get(kind, 0), 1e3 * statistics.median(v))
-                                      for kind, v in kinds(a, len(CLOCKS)).items()}
+                                      for kind, v in kinds(a, len(CLOCK_PREFIXES)).items()}
     return out
 
 
@@ -389,7 +388,7 @@ def table(results: dict[str, dict[str, dict[str, float]]], device: torch.device)
         for arm, r in arms.items():
             row = f"| {model} | {r['rounds']} | {arm} (A/A control) | " if arm == "plain_again" else \
                 f"| {model} | {r['rounds']} | {arm} | "
-            for prefix in ("", "cpu_"):
+            for prefix in CLOCK_PREFIXES:
                 overhead = "—" if arm == "plain" else f"{100 * (r[prefix + 'ratio'] - 1):+.1f}%"
                 low, high = ((r[prefix + "ratio_min"], r[prefix + "ratio_max"]) if processes
                              else (r[prefix + "ratio_q1"], r[prefix + "ratio_q3"]))
@@ -539,13 +538,13 @@ def over_processes(argv: list[str], processes: int) -> dict[str, dict[str, dict[
             each = [run[model][arm] for run in runs]
             out[model][arm] = {**first, "rounds": sum(r["rounds"] for r in each),
                                "peak_bytes": max(r["peak_bytes"] for r in each)}
-            for prefix in ("", "cpu_"):
+            for prefix in CLOCK_PREFIXES:
                 ratios = [r[prefix + "ratio"] for r in each]
                 out[model][arm].update({
                     prefix + "step_ms": statistics.median(r[prefix + "step_ms"] for r in each),
                     prefix + "ratio": statistics.median(ratios), prefix + "ratio_min": min(ratios),
                     prefix + "ratio_max": max(ratios)})
-            for prefix in ("", "cpu_", "inside_"):
+            for prefix in (*CLOCK_PREFIXES, "inside_"):
                 if prefix + "kinds" in first:  # per kind of step: the median over processes of each kind's ms
                     out[model][arm][prefix + "kinds"] = {
                         kind: (n, statistics.median(r[prefix + "kinds"][kind][1] for r in each if kind in r[prefix + "kinds"]))
